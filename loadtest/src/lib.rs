@@ -1,0 +1,9 @@
+//! infergate's loadtest: everything needed to measure an inference gateway without a GPU.
+//!
+//! - [`sim`]: a vLLM-like model server (continuous batching, paged KV cache, prefix cache, the real
+//!   metric names) that runs in real time behind HTTP or in virtual time inside the planner.
+//! - [`generate`]: an open-loop load generator with workloads, arrival processes and SLO reports.
+#![forbid(unsafe_code)]
+
+pub mod generate;
+pub mod sim;

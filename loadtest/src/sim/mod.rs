@@ -1,0 +1,3 @@
+//! (being written) A vLLM-like model-server simulator.
+
+pub mod tokens;

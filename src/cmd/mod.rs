@@ -1,0 +1,4 @@
+//! One module per subcommand: argument parsing and wiring, no logic of its own.
+
+pub mod loadtest;
+pub mod sim;

@@ -1,0 +1,43 @@
+//! The `infergate` command: one binary, one subcommand per part. Each subcommand lives in
+//! `src/cmd/<name>.rs` as a clap `Args` struct and a `run` function; the libraries hold the logic.
+#![forbid(unsafe_code)]
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+/// An autoscaling inference gateway for LLM model servers.
+#[derive(Parser)]
+#[command(name = "infergate", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a simulated vLLM-like (or SGLang-like) model server.
+    Sim(cmd::sim::Args),
+    /// Generate load against an OpenAI-compatible endpoint and report latency and SLO figures.
+    Loadtest(cmd::loadtest::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Sim(args) => cmd::sim::run(args).await,
+            Command::Loadtest(args) => cmd::loadtest::run(args).await,
+        }
+    })
+}
