@@ -7,7 +7,9 @@
 //!
 //! The rule: the text is cut into *words*, each a run of whitespace followed by a run of
 //! non-whitespace (as GPT-style BPE keeps the leading space with the word); each word is cut into
-//! *pieces* of at most [`PIECE_CHARS`] characters; a piece's id is its xxh3 hash modulo [`VOCAB_SIZE`].
+//! *pieces* of at most [`PIECE_CHARS`] non-whitespace characters (the leading whitespace rides with
+//! the first piece, as the leading space does in BPE: ` over` is one token); a piece's id is its xxh3
+//! hash modulo [`VOCAB_SIZE`].
 //! Two texts that agree up to some character agree on every token that ends before the start of the
 //! word containing it, which is the prefix-sharing property.
 //!
@@ -81,13 +83,16 @@ fn for_each_piece(text: &str, mut f: impl FnMut(&str)) {
 fn emit_word(word: &str, f: &mut impl FnMut(&str)) {
     let mut start = 0;
     let mut chars = 0;
-    for (i, _) in word.char_indices() {
+    for (i, c) in word.char_indices() {
         if chars == PIECE_CHARS {
             f(&word[start..i]);
             start = i;
             chars = 0;
         }
-        chars += 1;
+        // The word's leading whitespace does not count towards its first piece's length.
+        if !c.is_whitespace() {
+            chars += 1;
+        }
     }
     if start < word.len() {
         f(&word[start..]);
