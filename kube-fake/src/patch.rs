@@ -72,7 +72,13 @@ mod tests {
             PatchType::from_content_type("application/merge-patch+json; charset=utf-8"),
             Some(PatchType::Merge)
         );
-        assert_eq!(PatchType::from_content_type("application/json-patch+json"), None);
-        assert_eq!(PatchType::from_content_type("application/apply-patch+yaml"), None);
+        assert_eq!(
+            PatchType::from_content_type("application/json-patch+json"),
+            None
+        );
+        assert_eq!(
+            PatchType::from_content_type("application/apply-patch+yaml"),
+            None
+        );
     }
 }

@@ -30,8 +30,18 @@ const KINDS: &[(&str, &str, &str, bool)] = &[
     ("apps", "replicasets", "ReplicaSet", true),
     ("coordination.k8s.io", "leases", "Lease", true),
     ("events.k8s.io", "events", "Event", true),
-    ("inference.networking.k8s.io", "inferencepools", "InferencePool", true),
-    ("inference.networking.x-k8s.io", "inferencepools", "InferencePool", true),
+    (
+        "inference.networking.k8s.io",
+        "inferencepools",
+        "InferencePool",
+        true,
+    ),
+    (
+        "inference.networking.x-k8s.io",
+        "inferencepools",
+        "InferencePool",
+        true,
+    ),
 ];
 
 impl Gvr {

@@ -111,10 +111,16 @@ fn parse_requirement(part: &str) -> Result<Requirement, SelectorError> {
         return Ok(Requirement::DoesNotExist(valid_key(key.trim(), part)?));
     }
     if let Some((k, v)) = part.split_once("!=") {
-        return Ok(Requirement::NotEqual(valid_key(k.trim(), part)?, v.trim().to_owned()));
+        return Ok(Requirement::NotEqual(
+            valid_key(k.trim(), part)?,
+            v.trim().to_owned(),
+        ));
     }
     if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
-        return Ok(Requirement::Equal(valid_key(k.trim(), part)?, v.trim().to_owned()));
+        return Ok(Requirement::Equal(
+            valid_key(k.trim(), part)?,
+            v.trim().to_owned(),
+        ));
     }
     // Set-based: `key in (a,b)` / `key notin (a,b)`.
     let mut words = part.splitn(2, char::is_whitespace);
@@ -185,7 +191,10 @@ impl FieldSelector {
     pub fn matches_object(&self, object: &Value) -> bool {
         self.0.iter().all(|(path, eq, value)| {
             let pointer = format!("/{}", path.replace('.', "/"));
-            let actual = object.pointer(&pointer).and_then(Value::as_str).unwrap_or("");
+            let actual = object
+                .pointer(&pointer)
+                .and_then(Value::as_str)
+                .unwrap_or("");
             (actual == value) == *eq
         })
     }

@@ -200,7 +200,10 @@ impl Store {
             .filter(|s| !s.is_empty())
             .map(str::to_owned);
         if let Some(wanted) = wanted_rv
-            && Some(wanted.as_str()) != old.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+            && Some(wanted.as_str())
+                != old
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
         {
             return Err(ApiError::conflict(&gvr.group, &gvr.resource, name));
         }
@@ -231,7 +234,10 @@ impl Store {
         if let Some(wanted) = patch_body
             .pointer("/metadata/resourceVersion")
             .and_then(Value::as_str)
-            && Some(wanted) != old.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+            && Some(wanted)
+                != old
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
         {
             return Err(ApiError::conflict(&gvr.group, &gvr.resource, name));
         }
@@ -262,7 +268,12 @@ impl Store {
     }
 
     /// Test-side write: create or replace without preconditions, keeping uid and creation time.
-    pub fn put(&mut self, gvr: &Gvr, namespace: &str, mut object: Value) -> Result<Value, ApiError> {
+    pub fn put(
+        &mut self,
+        gvr: &Gvr,
+        namespace: &str,
+        mut object: Value,
+    ) -> Result<Value, ApiError> {
         let name = object
             .pointer("/metadata/name")
             .and_then(Value::as_str)
@@ -336,7 +347,13 @@ impl Store {
         record_manager(object, &key.gvr, write);
     }
 
-    fn commit(&mut self, key: ObjectKey, mut object: Value, kind: ChangeType, old: Option<Value>) -> Value {
+    fn commit(
+        &mut self,
+        key: ObjectKey,
+        mut object: Value,
+        kind: ChangeType,
+        old: Option<Value>,
+    ) -> Value {
         self.rv += 1;
         set_rv(&mut object, self.rv);
         self.objects.insert(key.clone(), object.clone());
@@ -523,7 +540,12 @@ mod tests {
             ..Default::default()
         };
         let ev = s
-            .create(&gvr, "ns", json!({"metadata": {"generateName": "pod."}}), &w)
+            .create(
+                &gvr,
+                "ns",
+                json!({"metadata": {"generateName": "pod."}}),
+                &w,
+            )
             .unwrap();
         let name = ev["metadata"]["name"].as_str().unwrap();
         assert!(name.starts_with("pod.") && name.len() == 9);

@@ -1,0 +1,223 @@
+//! The fake as a stock kube-rs client sees it: every behaviour infergate relies on, over real HTTP.
+
+use futures_util::StreamExt;
+use infergate_kube_fake::{FakeApi, Gvr};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use serde_json::json;
+use std::time::Duration;
+
+fn pod(name: &str, app: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "ns", "labels": {"app": app}},
+    }))
+    .unwrap()
+}
+
+fn api_code(err: kube::Error) -> (u16, String) {
+    match err {
+        kube::Error::Api(s) => (s.code, s.reason),
+        other => panic!("expected an API error, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn list_with_selectors_and_pages() {
+    let fake = FakeApi::start().await;
+    for i in 0..5 {
+        fake.put(&pod(&format!("p{i}"), if i % 2 == 0 { "a" } else { "b" }));
+    }
+    let pods: Api<Pod> = Api::namespaced(fake.client(), "ns");
+    let list = pods
+        .list(&ListParams::default().labels("app in (a)"))
+        .await
+        .unwrap();
+    assert_eq!(list.items.len(), 3);
+    assert_eq!(
+        list.metadata.resource_version.as_deref(),
+        Some(fake.resource_version().to_string().as_str())
+    );
+    let list = pods
+        .list(&ListParams::default().labels("app!=a"))
+        .await
+        .unwrap();
+    assert_eq!(list.items.len(), 2);
+    let page = pods.list(&ListParams::default().limit(2)).await.unwrap();
+    assert_eq!(page.items.len(), 2);
+    let token = page.metadata.continue_.clone().unwrap();
+    let rest = pods
+        .list(&ListParams::default().limit(10).continue_token(&token))
+        .await
+        .unwrap();
+    assert_eq!(rest.items.len(), 3);
+    assert!(rest.metadata.continue_.is_none());
+    let (code, _) = api_code(
+        pods.list(&ListParams::default().labels("app in (a"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 400);
+}
+
+#[tokio::test]
+async fn watch_replays_filters_and_expires() {
+    let fake = FakeApi::builder()
+        .bookmark_interval(Duration::from_millis(50))
+        .start()
+        .await;
+    let pods: Api<Pod> = Api::namespaced(fake.client(), "ns");
+    let start = fake.resource_version();
+    fake.put(&pod("p1", "a"));
+    fake.put(&pod("p2", "b"));
+    let mut stream = pods
+        .watch(
+            &WatchParams::default().labels("app=a").timeout(10),
+            &start.to_string(),
+        )
+        .await
+        .unwrap()
+        .boxed();
+    match stream.next().await.unwrap().unwrap() {
+        WatchEvent::Added(p) => assert_eq!(p.metadata.name.as_deref(), Some("p1")),
+        other => panic!("unexpected {other:?}"),
+    }
+    // Moving p1 out of the selector is a DELETED on this watch.
+    fake.put(&pod("p1", "b"));
+    let mut saw_delete = false;
+    let mut saw_bookmark = false;
+    for _ in 0..50 {
+        match stream.next().await.unwrap().unwrap() {
+            WatchEvent::Deleted(p) => {
+                assert_eq!(p.metadata.name.as_deref(), Some("p1"));
+                saw_delete = true;
+            }
+            WatchEvent::Bookmark(_) => saw_bookmark = true,
+            other => panic!("unexpected {other:?}"),
+        }
+        if saw_delete && saw_bookmark {
+            break;
+        }
+    }
+    assert!(saw_delete && saw_bookmark);
+    fake.compact();
+    let mut expired = pods
+        .watch(&WatchParams::default(), &start.to_string())
+        .await
+        .unwrap()
+        .boxed();
+    match expired.next().await.unwrap().unwrap() {
+        WatchEvent::Error(status) => assert_eq!(status.code, 410),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn lease_create_conflicts_and_cas() {
+    let fake = FakeApi::start().await;
+    let leases: Api<Lease> = Api::namespaced(fake.client(), "ns");
+    let (code, reason) = api_code(leases.get("l").await.unwrap_err());
+    assert_eq!((code, reason.as_str()), (404, "NotFound"));
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": "l"}, "spec": {"holderIdentity": "a"}
+    }))
+    .unwrap();
+    let created = leases.create(&PostParams::default(), &lease).await.unwrap();
+    let (code, reason) = api_code(
+        leases
+            .create(&PostParams::default(), &lease)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (409, "AlreadyExists"));
+    let mut mine = created.clone();
+    mine.spec.as_mut().unwrap().holder_identity = Some("b".into());
+    leases
+        .replace("l", &PostParams::default(), &mine)
+        .await
+        .unwrap();
+    let (code, reason) = api_code(
+        leases
+            .replace("l", &PostParams::default(), &mine)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (409, "Conflict"));
+}
+
+#[tokio::test]
+async fn scale_subresource_patch_and_put() {
+    let fake = FakeApi::start().await;
+    let dep: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "d", "namespace": "ns"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "vllm"}},
+                 "template": {"metadata": {"labels": {"app": "vllm"}}}}
+    }))
+    .unwrap();
+    fake.put(&dep);
+    fake.set_scale_status(&Gvr::of::<Deployment>(), "ns", "d", 1, 1);
+    let deps: Api<Deployment> = Api::namespaced(fake.client(), "ns");
+    let scale = deps.get_scale("d").await.unwrap();
+    assert_eq!(scale.spec.as_ref().unwrap().replicas, Some(1));
+    assert_eq!(
+        scale.status.as_ref().unwrap().selector.as_deref(),
+        Some("app=vllm")
+    );
+    let pp = PatchParams::apply("tester");
+    let patched = deps
+        .patch_scale("d", &pp, &Patch::Merge(json!({"spec": {"replicas": 4}})))
+        .await
+        .unwrap();
+    assert_eq!(patched.spec.unwrap().replicas, Some(4));
+    let stored = fake.get::<Deployment>("ns", "d").unwrap();
+    assert_eq!(stored.spec.unwrap().replicas, Some(4));
+    assert_eq!(stored.metadata.generation, Some(2));
+    assert_eq!(
+        stored.metadata.managed_fields.unwrap()[0]
+            .manager
+            .as_deref(),
+        Some("tester")
+    );
+    let (code, _) = api_code(
+        deps.patch_scale("d", &pp, &Patch::Apply(json!({"spec": {"replicas": 2}})))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 415);
+    // PUT with a stale resourceVersion conflicts.
+    let mut stale = scale.clone();
+    stale.spec = Some(k8s_openapi::api::autoscaling::v1::ScaleSpec { replicas: Some(7) });
+    let (code, reason) = api_code(
+        deps.replace_scale("d", &PostParams::default(), &stale)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (409, "Conflict"));
+    let log = fake.requests();
+    let patch = log.iter().find(|r| r.method == "PATCH").unwrap();
+    assert_eq!(patch.resource, "deployments/scale");
+    assert_eq!(patch.verb, "patch");
+    assert_eq!(
+        patch.content_type.as_deref(),
+        Some("application/merge-patch+json")
+    );
+}
+
+#[tokio::test]
+async fn injected_faults_and_outage() {
+    let fake = FakeApi::start().await;
+    fake.put(&pod("p", "a"));
+    let pods: Api<Pod> = Api::namespaced(fake.client(), "ns");
+    fake.fail_next(Some("GET"), "/api/v1/namespaces/ns/pods/p", 1, 500);
+    let (code, reason) = api_code(pods.get("p").await.unwrap_err());
+    assert_eq!((code, reason.as_str()), (500, "InternalError"));
+    assert!(pods.get("p").await.is_ok());
+    fake.set_outage(true);
+    assert!(!matches!(
+        pods.get("p").await,
+        Ok(_) | Err(kube::Error::Api(_))
+    ));
+    fake.set_outage(false);
+    assert!(pods.get("p").await.is_ok());
+}
