@@ -1,0 +1,309 @@
+//! Reading what the gateway needs from an OpenAI request body, without copying it.
+//!
+//! The body is forwarded byte for byte; this parse only looks. Strings borrow from the body
+//! (`Cow::Borrowed`) unless JSON escapes force a copy, and everything the gateway does not need
+//! (tools, sampling parameters, images) is skipped without being built. A chat message's content
+//! may be a string or an array of parts (only `text` parts count); a completion's prompt may be a
+//! string or a list of strings (token-id prompts are skipped: they carry no text to hash).
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, SeqAccess, Visitor};
+use std::borrow::Cow;
+use std::fmt;
+
+/// What the gateway reads from a request body.
+#[derive(Debug, Default, PartialEq)]
+pub struct ParsedBody<'a> {
+    pub model: Option<Cow<'a, str>>,
+    pub stream: bool,
+    /// `max_completion_tokens` if given, else `max_tokens`.
+    pub max_tokens: Option<u64>,
+    pub user: Option<Cow<'a, str>>,
+    /// The prompt's text in order: each message's role then its content's text parts, or the
+    /// completion prompt's strings. Fed to the prefix hasher.
+    pub segments: Vec<Cow<'a, str>>,
+}
+
+impl<'a> ParsedBody<'a> {
+    /// Parses `body`; the error text says what is wrong, for a 400 answer.
+    pub fn parse(body: &'a [u8]) -> Result<Self, serde_json::Error> {
+        let raw: RawBody<'a> = serde_json::from_slice(body)?;
+        let mut segments = Vec::new();
+        if let Some(messages) = raw.messages {
+            segments.reserve(messages.0.len() * 2);
+            for m in messages.0 {
+                if let Some(Str(role)) = m.role {
+                    segments.push(role);
+                }
+                match m.content {
+                    Content::Text(t) => segments.push(t),
+                    Content::Parts(parts) => segments.extend(parts),
+                    Content::Empty => {}
+                }
+            }
+        } else if let Some(Prompt(strings)) = raw.prompt {
+            segments = strings;
+        }
+        Ok(ParsedBody {
+            model: raw.model.map(|s| s.0),
+            stream: raw.stream.unwrap_or(false),
+            max_tokens: raw.max_completion_tokens.or(raw.max_tokens),
+            user: raw.user.map(|s| s.0),
+            segments,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct RawBody<'a> {
+    #[serde(borrow, default)]
+    model: Option<Str<'a>>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+    #[serde(borrow, default)]
+    user: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    messages: Option<Messages<'a>>,
+    #[serde(borrow, default)]
+    prompt: Option<Prompt<'a>>,
+}
+
+struct Messages<'a>(Vec<Message<'a>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Messages<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Messages(Vec::<Message<'a>>::deserialize(d)?))
+    }
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow, default)]
+    role: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    content: Content<'a>,
+}
+
+/// A message's content: a string, an array of parts, or null/absent.
+#[derive(Default)]
+enum Content<'a> {
+    Text(Cow<'a, str>),
+    Parts(Vec<Cow<'a, str>>),
+    #[default]
+    Empty,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Content<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or an array of content parts")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Content::Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Content::Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Content::Empty)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Content::Empty)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut parts = Vec::new();
+                while let Some(part) = seq.next_element::<Part<'a>>()? {
+                    if let Some(Str(text)) = part.text {
+                        parts.push(text);
+                    }
+                }
+                Ok(Content::Parts(parts))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// One content part; only text parts carry prompt text (images and audio are skipped).
+#[derive(Deserialize)]
+struct Part<'a> {
+    #[serde(borrow, default)]
+    text: Option<Str<'a>>,
+}
+
+/// A string that borrows from the body unless escapes force a copy. (Serde's own `Cow<str>`
+/// always copies when wrapped in an `Option`.)
+struct Str<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Str<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+/// A completion prompt: a string or a list (of strings; token-id lists are skipped).
+struct Prompt<'a>(Vec<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Prompt<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Prompt<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or an array")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Prompt(vec![Cow::Borrowed(v)]))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Prompt(vec![Cow::Owned(v.to_owned())]))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Prompt(Vec::new()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(item) = seq.next_element::<PromptItem<'a>>()? {
+                    if let PromptItem::Text(t) = item {
+                        out.push(t);
+                    }
+                }
+                Ok(Prompt(out))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// An element of a prompt list: a string, or something without text (a token id, a token list).
+enum PromptItem<'a> {
+    Text(Cow<'a, str>),
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for PromptItem<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = PromptItem<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a prompt string or token ids")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(PromptItem::Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(PromptItem::Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(PromptItem::Other)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(PromptItem::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(PromptItem::Other)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_request_with_string_and_part_contents() {
+        let body = br#"{
+            "model": "llama", "stream": true, "max_tokens": 10, "max_completion_tokens": 20,
+            "user": "u1", "temperature": 0.2, "tools": [{"type":"function","function":{"name":"f"}}],
+            "messages": [
+                {"role": "system", "content": "You are helpful."},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "Describe"},
+                    {"type": "image_url", "image_url": {"url": "data:..."}},
+                    {"type": "text", "text": "this"}
+                ]},
+                {"role": "assistant", "content": null, "tool_calls": []}
+            ]
+        }"#;
+        let p = ParsedBody::parse(body).expect("parse");
+        assert_eq!(p.model.as_deref(), Some("llama"));
+        assert!(p.stream);
+        assert_eq!(p.max_tokens, Some(20), "max_completion_tokens wins");
+        assert_eq!(p.user.as_deref(), Some("u1"));
+        let segs: Vec<&str> = p.segments.iter().map(|s| s.as_ref()).collect();
+        assert_eq!(
+            segs,
+            [
+                "system",
+                "You are helpful.",
+                "user",
+                "Describe",
+                "this",
+                "assistant"
+            ]
+        );
+        assert!(matches!(p.model, Some(Cow::Borrowed(_))), "no copy");
+    }
+
+    #[test]
+    fn escaped_strings_are_decoded() {
+        let p = ParsedBody::parse(br#"{"model":"m","prompt":"line\none \"q\""}"#).expect("parse");
+        assert_eq!(p.segments, [Cow::<str>::Owned("line\none \"q\"".into())]);
+        assert!(!p.stream);
+        assert_eq!(p.max_tokens, None);
+    }
+
+    #[test]
+    fn completion_prompt_forms() {
+        let p =
+            ParsedBody::parse(br#"{"model":"m","prompt":["a","b"],"max_tokens":5}"#).expect("list");
+        assert_eq!(p.segments, ["a", "b"]);
+        assert_eq!(p.max_tokens, Some(5));
+        let p = ParsedBody::parse(br#"{"model":"m","prompt":[1,2,3]}"#).expect("token ids");
+        assert!(p.segments.is_empty());
+        let p = ParsedBody::parse(br#"{"model":"m","prompt":[[1,2],[3]]}"#).expect("nested ids");
+        assert!(p.segments.is_empty());
+    }
+
+    #[test]
+    fn embeddings_and_missing_model() {
+        let p = ParsedBody::parse(br#"{"input":["x"],"model":"e5"}"#).expect("parse");
+        assert_eq!(p.model.as_deref(), Some("e5"));
+        let p = ParsedBody::parse(br#"{"messages":[]}"#).expect("parse");
+        assert_eq!(p.model, None);
+    }
+
+    #[test]
+    fn bad_json_and_bad_types_are_errors() {
+        assert!(ParsedBody::parse(b"{not json").is_err());
+        assert!(ParsedBody::parse(b"[1,2]").is_err());
+        assert!(ParsedBody::parse(br#"{"model": 3}"#).is_err());
+        assert!(ParsedBody::parse(br#"{"model":"m","stream":"yes"}"#).is_err());
+        assert!(ParsedBody::parse(br#"{"model":"m","messages":[{"content":5}]}"#).is_err());
+        assert!(ParsedBody::parse(b"").is_err());
+    }
+}

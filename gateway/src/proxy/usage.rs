@@ -1,0 +1,259 @@
+//! Watching a response for its token `usage` without re-framing or delaying it.
+//!
+//! OpenAI-compatible servers report tokens in the body's `usage` (non-streaming) or in the last
+//! SSE event before `[DONE]` (streaming with `stream_options.include_usage`; vLLM's
+//! `continuous_usage_stats` repeats it, cumulatively, in every event: the last one wins). The
+//! watcher sees each frame after it was handed on. Complete lines are examined in place; only a
+//! line cut by a frame boundary is copied (bounded), so a usage object split across two frames is
+//! still read, and a stream of small events costs a scan for `\n` and nothing else.
+
+use serde::Deserialize;
+
+/// Token counts from a response's `usage`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+}
+
+#[derive(Deserialize)]
+struct WithUsage {
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+/// Longest partial line kept between frames; a longer line (a huge event) is skipped for usage.
+const MAX_CARRY: usize = 64 * 1024;
+
+/// Incremental SSE scanner for the last `usage` object.
+#[derive(Debug, Default)]
+pub struct SseUsageWatcher {
+    carry: Vec<u8>,
+    /// The current line outgrew `MAX_CARRY`: skip to its end.
+    skipping: bool,
+    usage: Option<Usage>,
+    done: bool,
+    /// Newlines at the end of what was seen so far (0, 1, 2+), to start an error event cleanly.
+    trailing_newlines: usize,
+}
+
+impl SseUsageWatcher {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The last usage seen.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    /// Whether `data: [DONE]` was seen.
+    pub fn saw_done(&self) -> bool {
+        self.done
+    }
+
+    /// Newlines (up to 2) ending the bytes seen so far.
+    pub fn trailing_newlines(&self) -> usize {
+        self.trailing_newlines
+    }
+
+    /// Examines one frame of the stream.
+    pub fn feed(&mut self, frame: &[u8]) {
+        if frame.is_empty() {
+            return;
+        }
+        let tail = frame.iter().rev().take_while(|&&b| b == b'\n').count();
+        self.trailing_newlines = if tail == frame.len() {
+            (self.trailing_newlines + tail).min(2)
+        } else {
+            tail.min(2)
+        };
+        let mut rest = frame;
+        if !self.carry.is_empty() || self.skipping {
+            match rest.iter().position(|&b| b == b'\n') {
+                None => {
+                    self.keep(rest);
+                    return;
+                }
+                Some(i) => {
+                    let skipping = std::mem::take(&mut self.skipping);
+                    if !skipping {
+                        let mut line = std::mem::take(&mut self.carry);
+                        line.extend_from_slice(&rest[..i]);
+                        self.line(&line);
+                        line.clear();
+                        self.carry = line;
+                    }
+                    self.carry.clear();
+                    rest = &rest[i + 1..];
+                }
+            }
+        }
+        while let Some(i) = rest.iter().position(|&b| b == b'\n') {
+            self.line(&rest[..i]);
+            rest = &rest[i + 1..];
+        }
+        self.keep(rest);
+    }
+
+    fn keep(&mut self, partial: &[u8]) {
+        if self.skipping || partial.is_empty() {
+            return;
+        }
+        if self.carry.len() + partial.len() > MAX_CARRY {
+            self.carry.clear();
+            self.skipping = true;
+        } else {
+            self.carry.extend_from_slice(partial);
+        }
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(data) = line.strip_prefix(b"data:") else {
+            return;
+        };
+        let data = data.strip_prefix(b" ").unwrap_or(data);
+        if data == b"[DONE]" {
+            self.done = true;
+            return;
+        }
+        if has_usage_object(data)
+            && let Ok(WithUsage { usage: Some(u) }) = serde_json::from_slice(data)
+        {
+            self.usage = Some(u);
+        }
+    }
+}
+
+/// Usage from a whole (small) non-streaming JSON body.
+pub fn body_usage(body: &[u8]) -> Option<Usage> {
+    if !has_usage_object(body) {
+        return None;
+    }
+    serde_json::from_slice::<WithUsage>(body).ok()?.usage
+}
+
+/// Cheap pre-check: `"usage"` followed by `:` and an object (not `null`).
+fn has_usage_object(data: &[u8]) -> bool {
+    const KEY: &[u8] = b"\"usage\"";
+    let mut from = 0;
+    while let Some(at) = data[from..].windows(KEY.len()).position(|w| w == KEY) {
+        let after = &data[from + at + KEY.len()..];
+        let mut it = after
+            .iter()
+            .copied()
+            .skip_while(|b| b.is_ascii_whitespace());
+        if it.next() == Some(b':') && it.find(|b| !b.is_ascii_whitespace()) == Some(b'{') {
+            return true;
+        }
+        from += at + 1;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STREAM: &str = concat!(
+        "data: {\"id\":\"1\",\"choices\":[{\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\n\n",
+        "data: {\"id\":\"1\",\"choices\":[{\"delta\":{\"content\":\" there\"}}],\"usage\":null}\n\n",
+        "data: {\"id\":\"1\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":7,\"total_tokens\":19}}\n\n",
+        "data: [DONE]\n\n"
+    );
+
+    fn expected() -> Usage {
+        Usage {
+            prompt_tokens: 12,
+            completion_tokens: 7,
+        }
+    }
+
+    #[test]
+    fn reads_usage_from_whole_events() {
+        let mut w = SseUsageWatcher::new();
+        w.feed(STREAM.as_bytes());
+        assert_eq!(w.usage(), Some(expected()));
+        assert!(w.saw_done());
+        assert_eq!(w.trailing_newlines(), 2);
+    }
+
+    #[test]
+    fn reads_usage_split_across_frames_at_every_point() {
+        let bytes = STREAM.as_bytes();
+        for cut in 1..bytes.len() {
+            let mut w = SseUsageWatcher::new();
+            w.feed(&bytes[..cut]);
+            w.feed(&bytes[cut..]);
+            assert_eq!(w.usage(), Some(expected()), "cut at {cut}");
+            assert!(w.saw_done(), "cut at {cut}");
+        }
+        // And one byte at a time.
+        let mut w = SseUsageWatcher::new();
+        for b in bytes.chunks(1) {
+            w.feed(b);
+        }
+        assert_eq!(w.usage(), Some(expected()));
+    }
+
+    #[test]
+    fn crlf_and_no_space_after_colon() {
+        let mut w = SseUsageWatcher::new();
+        w.feed(b"data:{\"usage\": {\"prompt_tokens\":3,\"completion_tokens\":4}}\r\n\r\n");
+        assert_eq!(
+            w.usage(),
+            Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 4
+            })
+        );
+    }
+
+    #[test]
+    fn last_cumulative_usage_wins() {
+        let mut w = SseUsageWatcher::new();
+        w.feed(b"data: {\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\n\n");
+        w.feed(b"data: {\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\n");
+        assert_eq!(w.usage().map(|u| u.completion_tokens), Some(2));
+    }
+
+    #[test]
+    fn oversized_line_is_skipped_without_losing_later_usage() {
+        let mut w = SseUsageWatcher::new();
+        let big = vec![b'x'; MAX_CARRY + 10];
+        w.feed(b"data: ");
+        w.feed(&big);
+        w.feed(b"\n\ndata: {\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n\n");
+        assert_eq!(w.usage().map(|u| u.prompt_tokens), Some(1));
+    }
+
+    #[test]
+    fn trailing_newlines_track_partial_events() {
+        let mut w = SseUsageWatcher::new();
+        w.feed(b"data: {\"a\":1}");
+        assert_eq!(w.trailing_newlines(), 0);
+        w.feed(b"\n");
+        assert_eq!(w.trailing_newlines(), 1);
+        w.feed(b"\n");
+        assert_eq!(w.trailing_newlines(), 2);
+    }
+
+    #[test]
+    fn body_usage_of_a_completion_and_an_embedding() {
+        let body = br#"{"id":"x","choices":[{"text":"usage"}],"usage":{"prompt_tokens":5,"completion_tokens":9,"total_tokens":14}}"#;
+        assert_eq!(
+            body_usage(body),
+            Some(Usage {
+                prompt_tokens: 5,
+                completion_tokens: 9
+            })
+        );
+        let emb = br#"{"data":[],"usage":{"prompt_tokens":8,"total_tokens":8}}"#;
+        assert_eq!(body_usage(emb).map(|u| u.prompt_tokens), Some(8));
+        assert_eq!(body_usage(br#"{"usage":null}"#), None);
+        assert_eq!(body_usage(b"not json \"usage\": {"), None);
+    }
+}
