@@ -442,7 +442,8 @@ impl Engine {
                 .blocks_for(seq.num_computed + num_new)
                 .saturating_sub(seq.blocks.len());
             let mut self_preempted = false;
-            while needed > 0 {
+            // Allocate, preempting from the tail until it fits (or this request itself goes).
+            while needed > 0 && !self_preempted {
                 if let Some(blocks) = self.kv.allocate(needed) {
                     if let Some(seq) = self.seqs.get_mut(&id) {
                         seq.blocks.extend(blocks);
@@ -462,10 +463,7 @@ impl Engine {
                     preempted: true,
                     finished: None,
                 });
-                if victim == id {
-                    self_preempted = true;
-                    break;
-                }
+                self_preempted = victim == id;
             }
             if self_preempted {
                 break;

@@ -57,6 +57,40 @@ pub fn filler_text(n: usize, seed: u64) -> String {
     s
 }
 
+/// Llama 3's chat-template markers, each one token (ids after the vocabulary, as in Llama 3).
+pub const SPECIAL_TOKENS: [&str; 4] = [
+    "<|begin_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+];
+
+/// Like [`tokenize`], but each of [`SPECIAL_TOKENS`] in `text` is one token, as a real tokenizer
+/// treats a rendered chat template. The text between markers follows the ordinary rule.
+pub fn tokenize_with_special(text: &str) -> Vec<u32> {
+    let mut out = Vec::with_capacity(text.len() / PIECE_CHARS + 1);
+    let mut rest = text;
+    while !rest.is_empty() {
+        let next = SPECIAL_TOKENS
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| rest.find(m).map(|at| (at, i, m.len())))
+            .min();
+        match next {
+            Some((at, i, len)) => {
+                for_each_piece(&rest[..at], |piece| out.push(piece_id(piece)));
+                out.push(VOCAB_SIZE as u32 + i as u32);
+                rest = &rest[at + len..];
+            }
+            None => {
+                for_each_piece(rest, |piece| out.push(piece_id(piece)));
+                rest = "";
+            }
+        }
+    }
+    out
+}
+
 fn piece_id(piece: &str) -> u32 {
     (xxh3_64(piece.as_bytes()) % VOCAB_SIZE) as u32
 }
@@ -121,6 +155,19 @@ mod tests {
         let b = tokenize(&format!("{prefix} another question entirely"));
         assert_eq!(a[..300], b[..300]);
         assert_ne!(a[300..], b[300..]);
+    }
+
+    #[test]
+    fn special_markers_are_one_token_each() {
+        let t = tokenize_with_special(
+            "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>",
+        );
+        assert_eq!(t.len(), 6, "{t:?}");
+        assert_eq!(t[0], VOCAB_SIZE as u32);
+        assert_eq!(
+            tokenize_with_special("plain text here"),
+            tokenize("plain text here")
+        );
     }
 
     #[test]
