@@ -1,0 +1,276 @@
+//! What the picker knows about one request: the facts the proxy extracts from its body and headers.
+//!
+//! The prompt itself never reaches the picker, only the chained hashes of its leading blocks
+//! ([`PromptHasher`]). Two requests that share a 3,000-character system prompt share their first
+//! hashes, and the prefix index remembers which endpoint was sent them: that endpoint probably still
+//! has those KV blocks cached.
+
+use infergate_config::PrefixConfig;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+/// Scheduling priority, from the `x-infergate-priority` header.
+///
+/// Ordered from most to least important, so `Critical < Standard < Sheddable` sorts the
+/// most important first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    /// Never shed; waits longest.
+    Critical,
+    /// The default.
+    #[default]
+    Standard,
+    /// Refused first (429) when the pool is full.
+    Sheddable,
+}
+
+impl Priority {
+    /// The header that carries it.
+    pub const HEADER: &'static str = "x-infergate-priority";
+
+    /// The priority a header value asks for; absent or unknown values are `Standard`, so a typo
+    /// never makes a request more important (nor gets it refused).
+    pub fn from_header(value: Option<&str>) -> Priority {
+        value
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_default()
+    }
+
+    /// The name used in the header and in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Critical => "critical",
+            Priority::Standard => "standard",
+            Priority::Sheddable => "sheddable",
+        }
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Priority::Critical, Priority::Standard, Priority::Sheddable]
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                format!("unknown priority `{s}`; expected critical, standard or sheddable")
+            })
+    }
+}
+
+/// The facts about one request that the picker decides on.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RequestFacts {
+    /// The request's `model` field.
+    pub model: String,
+    /// Chained hashes of the prompt's leading full blocks ([`PromptHasher::finish`]).
+    pub prefix: Vec<u64>,
+    /// The LoRA adapter the request names, when the pool serves adapters under their own names.
+    pub lora: Option<String>,
+    pub priority: Priority,
+    /// Characters of prompt (all messages' contents), for metrics and cost estimates.
+    pub prompt_chars: usize,
+    /// `max_tokens` / `max_completion_tokens`, if the client set one.
+    pub max_tokens: Option<u32>,
+}
+
+/// Hashes a prompt into chained hashes of fixed-size character blocks, as it streams past.
+///
+/// `hash_i = xxh3(block_i, seed = hash_{i-1})`, so one hash stands for the whole prefix up to
+/// and including its block, and two prompts share `hash_i` only if they share the first `i + 1`
+/// blocks. Only full blocks are hashed, because an engine caches only full KV blocks: a trailing
+/// partial block could never be a cache hit.
+///
+/// Blocks are counted in characters, not bytes, so the same text hashes the same whatever its
+/// script; and feeding a prompt in pieces (each chat message's role, then its content) gives the
+/// same hashes as feeding the concatenation, so the proxy never has to join strings. A block that
+/// lies wholly inside one piece is hashed straight from the piece; only blocks that straddle pieces
+/// are copied into one reusable buffer.
+#[derive(Clone, Debug)]
+pub struct PromptHasher {
+    block_chars: usize,
+    max_blocks: usize,
+    /// Bytes of the current, incomplete block (only when it straddles pieces).
+    partial: Vec<u8>,
+    /// Characters in `partial`.
+    partial_chars: usize,
+    hashes: Vec<u64>,
+    chars: usize,
+}
+
+/// Seed of the first block: a fixed, arbitrary constant (the chain must start somewhere).
+const CHAIN_SEED: u64 = 0x1f2e_3d4c_5b6a_7988;
+
+impl PromptHasher {
+    pub fn new(cfg: &PrefixConfig) -> PromptHasher {
+        let block_chars = cfg.block_chars.max(1);
+        PromptHasher {
+            block_chars,
+            max_blocks: cfg.max_blocks,
+            partial: Vec::new(),
+            partial_chars: 0,
+            hashes: Vec::with_capacity(cfg.max_blocks.min(64)),
+            chars: 0,
+        }
+    }
+
+    /// Feeds the next piece of the prompt.
+    pub fn feed(&mut self, piece: &str) {
+        self.chars += piece.chars().count();
+        let mut rest = piece;
+        while !rest.is_empty() && self.hashes.len() < self.max_blocks {
+            let need = self.block_chars - self.partial_chars;
+            match split_after_chars(rest, need) {
+                // The rest of the block is inside this piece.
+                Some(end) => {
+                    let (block, tail) = rest.split_at(end);
+                    if self.partial.is_empty() {
+                        self.push_block_hash(block.as_bytes());
+                    } else {
+                        self.partial.extend_from_slice(block.as_bytes());
+                        let hash = xxh3_64_with_seed(&self.partial, self.seed());
+                        self.hashes.push(hash);
+                        self.partial.clear();
+                        self.partial_chars = 0;
+                    }
+                    rest = tail;
+                }
+                // The piece ends inside the block: keep it for the next piece.
+                None => {
+                    if self.partial.capacity() == 0 {
+                        self.partial.reserve(self.block_chars * 4);
+                    }
+                    self.partial.extend_from_slice(rest.as_bytes());
+                    self.partial_chars += rest.chars().count();
+                    rest = "";
+                }
+            }
+        }
+    }
+
+    /// Characters fed so far (all of them, not only the hashed blocks).
+    pub fn chars(&self) -> usize {
+        self.chars
+    }
+
+    /// The chained hashes of the full blocks fed, at most `max_blocks` of them.
+    pub fn finish(self) -> Vec<u64> {
+        self.hashes
+    }
+
+    fn seed(&self) -> u64 {
+        self.hashes.last().copied().unwrap_or(CHAIN_SEED)
+    }
+
+    fn push_block_hash(&mut self, block: &[u8]) {
+        let hash = xxh3_64_with_seed(block, self.seed());
+        self.hashes.push(hash);
+    }
+}
+
+/// The byte offset just after the first `n` characters of `s`, if `s` has at least `n`.
+fn split_after_chars(s: &str, n: usize) -> Option<usize> {
+    if n == 0 {
+        return Some(0);
+    }
+    let bytes = s.as_bytes();
+    // ASCII prefix fast path: characters are bytes there.
+    let probe = bytes.len().min(n);
+    if bytes[..probe].is_ascii() {
+        return (bytes.len() >= n).then_some(n);
+    }
+    s.char_indices().nth(n).map(|(i, _)| i).or_else(|| {
+        // Exactly n characters: the whole string.
+        (s.chars().count() == n).then_some(s.len())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(block_chars: usize, max_blocks: usize) -> PrefixConfig {
+        PrefixConfig {
+            block_chars,
+            max_blocks,
+            ..PrefixConfig::default()
+        }
+    }
+
+    fn hash_pieces(c: &PrefixConfig, pieces: &[&str]) -> Vec<u64> {
+        let mut h = PromptHasher::new(c);
+        for p in pieces {
+            h.feed(p);
+        }
+        h.finish()
+    }
+
+    #[test]
+    fn only_full_blocks_are_hashed() {
+        let c = cfg(4, 100);
+        assert_eq!(hash_pieces(&c, &["abc"]).len(), 0);
+        assert_eq!(hash_pieces(&c, &["abcd"]).len(), 1);
+        assert_eq!(hash_pieces(&c, &["abcdefg"]).len(), 1);
+        assert_eq!(hash_pieces(&c, &["abcdefgh"]).len(), 2);
+    }
+
+    #[test]
+    fn hashes_are_chained() {
+        let c = cfg(4, 100);
+        let a = hash_pieces(&c, &["aaaabbbb"]);
+        let b = hash_pieces(&c, &["ccccbbbb"]);
+        assert_ne!(
+            a[1], b[1],
+            "same second block after a different first must differ"
+        );
+        let a2 = hash_pieces(&c, &["aaaabbbbzzzz"]);
+        assert_eq!(a[..], a2[..2]);
+    }
+
+    #[test]
+    fn pieces_hash_like_their_concatenation() {
+        let c = cfg(5, 100);
+        let whole = "systemYou are helpful.userHéllo wörld, ünïcode 🎉 text here";
+        let expect = hash_pieces(&c, &[whole]);
+        assert!(expect.len() >= 5);
+        for cut1 in 0..whole.len() {
+            if !whole.is_char_boundary(cut1) {
+                continue;
+            }
+            for cut2 in cut1..whole.len() {
+                if !whole.is_char_boundary(cut2) {
+                    continue;
+                }
+                let got = hash_pieces(&c, &[&whole[..cut1], &whole[cut1..cut2], &whole[cut2..]]);
+                assert_eq!(got, expect, "cuts at {cut1},{cut2}");
+            }
+        }
+    }
+
+    #[test]
+    fn blocks_count_characters_not_bytes() {
+        let c = cfg(3, 100);
+        assert_eq!(hash_pieces(&c, &["ééé"]).len(), 1);
+        assert_eq!(hash_pieces(&c, &["éé"]).len(), 0);
+    }
+
+    #[test]
+    fn at_most_max_blocks() {
+        let c = cfg(2, 3);
+        let mut h = PromptHasher::new(&c);
+        h.feed(&"x".repeat(100));
+        assert_eq!(h.chars(), 100);
+        assert_eq!(h.finish().len(), 3);
+    }
+
+    #[test]
+    fn priority_from_header() {
+        assert_eq!(Priority::from_header(Some("critical")), Priority::Critical);
+        assert_eq!(
+            Priority::from_header(Some(" Sheddable ")),
+            Priority::Sheddable
+        );
+        assert_eq!(Priority::from_header(Some("urgent!!")), Priority::Standard);
+        assert_eq!(Priority::from_header(None), Priority::Standard);
+        assert!(Priority::Critical < Priority::Sheddable);
+    }
+}
