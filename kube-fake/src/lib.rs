@@ -93,6 +93,8 @@ pub(crate) struct Shared {
     /// Bumped to end every open watch stream (an apiserver restart, as watchers see it).
     pub(crate) watch_epoch: tokio::sync::watch::Sender<u64>,
     pub(crate) open_watches: AtomicUsize,
+    pub(crate) bookmarks_sent: AtomicUsize,
+    pub(crate) expired_watches: AtomicUsize,
     pub(crate) bookmark_interval: Duration,
 }
 
@@ -161,6 +163,8 @@ impl FakeApiBuilder {
             outage: AtomicBool::new(false),
             watch_epoch,
             open_watches: AtomicUsize::new(0),
+            bookmarks_sent: AtomicUsize::new(0),
+            expired_watches: AtomicUsize::new(0),
             bookmark_interval: self.bookmark_interval,
         });
         let accept_shared = shared.clone();
@@ -394,6 +398,16 @@ impl FakeApi {
     /// 410 Gone, forcing the client to re-list (as after etcd compaction).
     pub fn compact(&self) {
         self.shared.store.lock().compact();
+    }
+
+    /// How many periodic BOOKMARK events have been sent, over all watches.
+    pub fn bookmarks_sent(&self) -> usize {
+        self.shared.bookmarks_sent.load(Ordering::SeqCst)
+    }
+
+    /// How many watches were answered with a 410 "too old resource version" ERROR event.
+    pub fn expired_watches(&self) -> usize {
+        self.shared.expired_watches.load(Ordering::SeqCst)
     }
 
     /// How many watch streams are open now (to wait until a watcher is established).

@@ -86,7 +86,10 @@ pub(crate) fn start(shared: Arc<Shared>, req: WatchRequest) -> mpsc::Receiver<By
                         .collect::<Vec<_>>();
                     (lines, Some(store.subscribe()))
                 }
-                Err(gone) => (vec![error_event(&gone)], None),
+                Err(gone) => {
+                    shared.expired_watches.fetch_add(1, Ordering::SeqCst);
+                    (vec![error_event(&gone)], None)
+                }
             },
         }
     };
@@ -132,6 +135,7 @@ pub(crate) fn start(shared: Arc<Shared>, req: WatchRequest) -> mpsc::Receiver<By
                     if tx.send(to_line(&bookmark(&req, last_rv, false))).await.is_err() {
                         return;
                     }
+                    shared.bookmarks_sent.fetch_add(1, Ordering::SeqCst);
                 }
             }
         }
