@@ -6,6 +6,9 @@
 //! consumer that lags simply sees the newest set, and a re-list after a watch error cannot leave a
 //! stale endpoint behind.
 
+pub mod inference_pool;
+pub mod kubernetes;
+
 use std::sync::Arc;
 use tokio::sync::watch;
 
