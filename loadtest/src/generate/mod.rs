@@ -6,6 +6,44 @@
 //! they arrive ([`sse`], [`client`]) and folded into histograms ([`report`]).
 
 pub mod arrival;
+pub mod client;
+pub mod progress;
+pub mod report;
+pub mod run;
 pub mod sse;
 pub mod trace;
 pub mod workload;
+
+pub use report::RunReport;
+pub use run::{RunConfig, RunError, run};
+
+/// Parses a duration for the CLI: `humantime` syntax (`500ms`, `2m`, `1h 30m`) or a plain number
+/// of seconds (`2.5`).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        return std::time::Duration::try_from_secs_f64(secs)
+            .map_err(|e| format!("bad duration {s:?}: {e}"));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("bad duration {s:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(
+            super::parse_duration("500ms"),
+            Ok(Duration::from_millis(500))
+        );
+        assert_eq!(
+            super::parse_duration("2.5"),
+            Ok(Duration::from_millis(2500))
+        );
+        assert_eq!(super::parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(super::parse_duration("-1").is_err());
+        assert!(super::parse_duration("soon").is_err());
+    }
+}

@@ -281,7 +281,7 @@ impl Plan {
 /// record). Deterministic in `seed`.
 pub fn plan_sessions(spec: &WorkloadSpec, n: usize, seed: u64) -> Vec<SessionPlan> {
     // A stream of its own, so the lengths do not depend on how many draws the arrivals took.
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_0F_1E46_7A5C);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x005E_ED0F_1E46_7A5C);
     let single = |id: u64, input: u32, output: u32| SessionPlan {
         id,
         system: None,
