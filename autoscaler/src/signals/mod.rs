@@ -8,6 +8,7 @@
 //!
 //! This module is plain data; [`reader`] is the I/O shell that fills it from HTTP `/metrics`.
 
+pub mod fetch;
 pub mod reader;
 
 use std::time::Duration;
