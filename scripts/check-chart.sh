@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks the Helm chart with the real tools, offline:
-#   1. `helm lint --strict` and `helm template` for every charts/infergate/ci/*.yaml values file, once
-#      as a plain cluster and once as a cluster that serves monitoring.coreos.com/v1 (ServiceMonitor);
+#   1. `helm lint --strict` and `helm template` for every charts/infergate/ci/*.yaml and
+#      examples/*/values.yaml values file, once as a plain cluster and once as a cluster that serves
+#      monitoring.coreos.com/v1 (ServiceMonitor); the examples' model-server manifests validated too;
 #   2. every rendered object validated against the Kubernetes 1.33 schemas (kubernetes-validate
 #      --strict); a built-in kind without a schema is an error, CRD kinds (ServiceMonitor) only warn;
 #   3. every charts/infergate/ci/invalid/*.yaml is refused by values.schema.json with the message its
@@ -21,7 +22,7 @@ if [ -z "$helm" ] || [ -z "$validate" ]; then
 fi
 kube_version=1.33.0
 # Kinds the Kubernetes schemas do not cover: custom resources, which only warn.
-crd_kinds='ServiceMonitor'
+crd_kinds='ServiceMonitor|InferencePool'
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 passed=0
@@ -29,8 +30,14 @@ failed=0
 ok() { passed=$((passed + 1)); echo "ok   $*"; }
 bad() { failed=$((failed + 1)); echo "FAIL $*"; }
 
-for values in "$chart"/ci/*.yaml; do
-  name=$(basename "$values" .yaml)
+check_schemas() { # file-with-validator-output
+  local missing
+  missing=$(grep "Couldn't find schema" "$1" | grep -Ev "kind ($crd_kinds) " || true)
+  [ -z "$missing" ] || { echo "$missing"; return 1; }
+}
+
+for values in "$chart"/ci/*.yaml "$root"/examples/*/values.yaml; do
+  name=${values#"$root"/}
   if "$helm" lint --strict "$chart" -f "$values" >"$out/lint" 2>&1; then
     ok "lint $name"
   else
@@ -45,13 +52,22 @@ for values in "$chart"/ci/*.yaml; do
     if ! "$validate" --strict -k "$kube_version" - <"$out/rendered.yaml" >"$out/validate" 2>&1; then
       bad "validate $name ($caps)"; cat "$out/validate"; continue
     fi
-    missing=$(grep "Couldn't find schema" "$out/validate" | grep -Ev "kind ($crd_kinds) " || true)
-    if [ -n "$missing" ]; then
-      bad "validate $name ($caps): no schema for a built-in kind"; echo "$missing"; continue
+    if ! check_schemas "$out/validate"; then
+      bad "validate $name ($caps): no schema for a built-in kind"; continue
     fi
     objects=$(grep -c '^kind: ' "$out/rendered.yaml")
     ok "template+validate $name ($caps): $objects objects"
   done
+done
+
+for manifest in "$root"/examples/*/*.yaml; do
+  name=${manifest#"$root"/}
+  [ "$(basename "$manifest")" = values.yaml ] && continue
+  if "$validate" --strict -k "$kube_version" "$manifest" >"$out/validate" 2>&1 && check_schemas "$out/validate"; then
+    ok "validate $name"
+  else
+    bad "validate $name"; cat "$out/validate"
+  fi
 done
 
 for values in "$chart"/ci/invalid/*.yaml; do

@@ -116,6 +116,30 @@ fn every_rendered_object_passes_the_kubernetes_schemas() {
 }
 
 #[test]
+fn example_manifests_pass_the_kubernetes_schemas() {
+    let Some(validator) = validator() else { return };
+    let mut seen = 0;
+    for dir in example_dirs() {
+        for entry in std::fs::read_dir(&dir).expect("example dir") {
+            let path = entry.expect("dir entry").path();
+            if path.extension().is_none_or(|e| e != "yaml") || path.ends_with("values.yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read manifest");
+            let (ok, out) = validate(&validator, &text);
+            assert!(ok, "{}: kubernetes-validate failed:\n{out}", path.display());
+            let missing = unexpected_missing_schemas(&out);
+            assert!(missing.is_empty(), "{}: {missing:?}", path.display());
+            seen += 1;
+        }
+    }
+    assert!(
+        seen >= 3,
+        "expected the vLLM, SGLang and InferencePool manifests, found {seen}"
+    );
+}
+
+#[test]
 fn schema_refuses_bad_values_with_a_clear_message() {
     let Some(helm) = helm() else { return };
     let dir = chart().join("ci/invalid");

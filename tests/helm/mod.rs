@@ -19,7 +19,7 @@ pub const KUBE_VERSION: &str = "1.33.0";
 pub const RELEASE: &str = "infergate";
 pub const NAMESPACE: &str = "llm";
 /// Kinds without a schema in kubernetes-validate (custom resources): a warning, not an error.
-pub const CRD_KINDS: &[&str] = &["ServiceMonitor"];
+pub const CRD_KINDS: &[&str] = &["ServiceMonitor", "InferencePool"];
 pub const SERVICE_MONITOR_API: &str = "monitoring.coreos.com/v1/ServiceMonitor";
 
 pub fn root() -> PathBuf {
@@ -63,22 +63,53 @@ pub fn validator() -> Option<PathBuf> {
     require(".tools/venv/bin/kubernetes-validate", "kubernetes-validate")
 }
 
-/// The values files CI renders, sorted by name.
+/// The values files CI renders (charts/infergate/ci/*.yaml), then the examples' (examples/*/values.yaml).
 pub fn ci_values() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(chart().join("ci"))
-        .expect("charts/infergate/ci")
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
+    let yaml_in = |dir: PathBuf| -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.expect("dir entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+            .collect();
+        files.sort();
+        files
+    };
+    let mut files = yaml_in(chart().join("ci"));
     assert!(
         files.len() >= 5,
         "expected the ci values files, found {files:?}"
     );
+    for example in example_dirs() {
+        files.extend(
+            yaml_in(example)
+                .into_iter()
+                .filter(|p| p.ends_with("values.yaml")),
+        );
+    }
     files
 }
 
+/// examples/*/, sorted.
+pub fn example_dirs() -> Vec<PathBuf> {
+    let dir = root().join("examples");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// A values file's name for messages: `two-pools-values`, or `vllm/values` for an example.
 pub fn name_of(values: &Path) -> String {
+    if values.ends_with("values.yaml") {
+        let dir = values
+            .parent()
+            .and_then(Path::file_name)
+            .unwrap_or_default();
+        return format!("{}/values", dir.to_string_lossy());
+    }
     values
         .file_stem()
         .unwrap_or_default()

@@ -87,44 +87,29 @@ pub fn expected_grants(config: &Config, autoscaler: bool) -> BTreeMap<(String, S
     want
 }
 
-/// The autoscaler's API calls.
+/// The autoscaler's API calls, from the code's tables.
 mod autoscaler_calls {
     use super::Grants;
+    use infergate_autoscaler::{actuate::kubernetes, lease};
     use infergate_config::ScaleKind;
 
-    fn rows(table: &[(&str, &str, &[&str])]) -> Grants {
-        table
-            .iter()
-            .flat_map(|(g, r, verbs)| {
-                verbs
-                    .iter()
-                    .map(move |v| (g.to_string(), r.to_string(), v.to_string()))
-            })
-            .collect()
-    }
-
-    /// Scaling one target: read it, set its scale, annotate and list its pods, record Events.
+    /// The Kubernetes actuator's rows for one target: its own kind's rows (and the kind-neutral
+    /// ones: pods, events), not the other kind's. A pool that scales a Deployment gets no
+    /// StatefulSet rights.
     pub(super) fn scaling(kind: ScaleKind) -> Grants {
-        let resource = match kind {
-            ScaleKind::Deployment => "deployments",
-            ScaleKind::StatefulSet => "statefulsets",
+        let other = match kind {
+            ScaleKind::Deployment => "statefulsets",
+            ScaleKind::StatefulSet => "deployments",
         };
-        let scale = format!("{resource}/scale");
-        rows(&[
-            ("apps", resource, &["get", "list", "watch"]),
-            ("apps", &scale, &["get", "patch", "update"]),
-            ("", "pods", &["list", "watch", "patch"]),
-            ("", "events", &["create"]),
-        ])
+        rows!(kubernetes::API_CALLS)
+            .into_iter()
+            .filter(|(_, resource, _)| resource.split('/').next() != Some(other))
+            .collect()
     }
 
     /// Leader election.
     pub(super) fn lease() -> Grants {
-        rows(&[(
-            "coordination.k8s.io",
-            "leases",
-            &["get", "create", "update"],
-        )])
+        rows!(lease::API_CALLS)
     }
 }
 
