@@ -11,10 +11,14 @@
 //! - [`telemetry`]: the gateway's own Prometheus metrics.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod discovery;
 pub mod flow;
 pub mod picker;
 pub mod pool;
 pub mod proxy;
 pub mod scrape;
+pub mod server;
 pub mod telemetry;
+
+pub use server::{Gateway, GatewayError, GatewayHandle, GatewayOptions};

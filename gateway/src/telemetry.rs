@@ -16,9 +16,13 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::time::Instant;
+
+use crate::flow::FlowControl;
+use crate::pool::Pool;
+use crate::proxy::PoolCapacity;
 
 /// A label value shared without copying (pool, model and endpoint names).
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -352,8 +356,147 @@ pub struct EndpointLabels {
     pub endpoint: Name,
 }
 
-/// Pre-made label names, so a scrape does not allocate them per endpoint.
-pub type EndpointNames = HashMap<String, Name>;
+/// Pool and endpoint state, read from the live pools at scrape time.
+pub struct PoolsCollector {
+    pools: Vec<(Name, Arc<Pool>, FlowControl<PoolCapacity>)>,
+}
+
+impl std::fmt::Debug for PoolsCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolsCollector")
+            .field("pools", &self.pools.len())
+            .finish()
+    }
+}
+
+impl PoolsCollector {
+    pub fn new(pools: Vec<(Name, Arc<Pool>, FlowControl<PoolCapacity>)>) -> Self {
+        PoolsCollector { pools }
+    }
+}
+
+impl Collector for PoolsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let now = Instant::now();
+        let mut queued = Vec::with_capacity(self.pools.len());
+        let mut ready = Vec::with_capacity(self.pools.len());
+        let mut per_endpoint: [Vec<Sample<EndpointLabels>>; 8] = Default::default();
+        let [
+            waiting,
+            running,
+            kv,
+            inflight,
+            ejected,
+            ep_ready,
+            errors,
+            age,
+        ] = &mut per_endpoint;
+        for (name, pool, flow) in &self.pools {
+            let pool_labels = PoolLabels { pool: name.clone() };
+            queued.push(Sample {
+                labels: pool_labels.clone(),
+                value: flow.queued() as f64,
+            });
+            let mut usable = 0usize;
+            for ep in pool.endpoints() {
+                let health = pool.health(&ep, now);
+                usable += usize::from(health.usable);
+                let labels = EndpointLabels {
+                    pool: name.clone(),
+                    endpoint: Name::from(ep.label()),
+                };
+                let sample = |value: f64| Sample {
+                    labels: labels.clone(),
+                    value,
+                };
+                if let Some(load) = ep.load() {
+                    if let Some(v) = load.waiting {
+                        waiting.push(sample(v));
+                    }
+                    if let Some(v) = load.running {
+                        running.push(sample(v));
+                    }
+                    if let Some(v) = load.kv_usage {
+                        kv.push(sample(v));
+                    }
+                    age.push(sample(
+                        now.saturating_duration_since(load.taken_at).as_secs_f64(),
+                    ));
+                }
+                inflight.push(sample(f64::from(ep.inflight())));
+                ejected.push(sample(f64::from(u8::from(health.ejected))));
+                ep_ready.push(sample(f64::from(u8::from(health.usable))));
+                errors.push(sample(ep.scrape_errors() as f64));
+            }
+            ready.push(Sample {
+                labels: pool_labels,
+                value: usable as f64,
+            });
+        }
+        let e = &mut encoder;
+        encode_gauges(
+            e,
+            "infergate_pool_queued_requests",
+            "Requests held in the pool's flow-control queue now (the wake signal at zero replicas)",
+            &queued,
+        )?;
+        encode_gauges(
+            e,
+            "infergate_pool_ready_endpoints",
+            "Endpoints the picker may choose now",
+            &ready,
+        )?;
+        encode_gauges(
+            e,
+            "infergate_endpoint_waiting_requests",
+            "Requests waiting in the endpoint's engine queue, as last scraped",
+            waiting,
+        )?;
+        encode_gauges(
+            e,
+            "infergate_endpoint_running_requests",
+            "Requests in the endpoint's running batch, as last scraped",
+            running,
+        )?;
+        encode_gauges(
+            e,
+            "infergate_endpoint_kv_cache_usage",
+            "KV-cache use of the endpoint (0..1), as last scraped",
+            kv,
+        )?;
+        encode_gauges(
+            e,
+            "infergate_endpoint_inflight_requests",
+            "Requests this gateway has in flight to the endpoint",
+            inflight,
+        )?;
+        encode_gauges(
+            e,
+            "infergate_endpoint_ejected",
+            "1 while outlier detection has ejected the endpoint",
+            ejected,
+        )?;
+        encode_gauges(
+            e,
+            "infergate_endpoint_ready",
+            "1 while the picker may choose the endpoint",
+            ep_ready,
+        )?;
+        encode_counters(
+            e,
+            "infergate_scrape_errors",
+            "Failed scrapes of the endpoint's /metrics",
+            errors,
+        )?;
+        encode_gauges(
+            e,
+            "infergate_scrape_age_seconds",
+            "Age of the endpoint's last good scrape",
+            age,
+        )?;
+        Ok(())
+    }
+}
 
 #[cfg(test)]
 mod tests {

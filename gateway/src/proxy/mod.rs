@@ -1,4 +1,477 @@
-//! The HTTP data path (being written).
+//! The HTTP data path. One request's life, as named phases ([`Proxy::handle`]):
+//!
+//! 1. **route**: path and method to an [`Api`] (404/405); `/v1/models` is answered here.
+//! 2. **read**: the body, whole, up to `limits.max_body_bytes` (413, also from Content-Length
+//!    before reading a byte).
+//! 3. **facts**: the borrowed parse of what the picker needs ([`request::ParsedBody`]), the
+//!    model's pool (404 `model_not_found`), the prompt's prefix hashes, the priority header.
+//! 4. **admit**: the pool's flow control picks an endpoint now, or holds the request in the pool's
+//!    queue until one frees up, or sheds it (429 sheddable, 503 + Retry-After otherwise).
+//! 5. **forward**: the original bytes to the endpoint; connect errors and 502/503 are retried on
+//!    another endpoint before anything reaches the client ([`forward`]).
+//! 6. **respond**: the upstream's head, plus `x-infergate-endpoint`, and its body passed through
+//!    and observed ([`body::ObservedBody`]) for TTFT, usage and how the request ends.
+//!
+//! Every request gets exactly one answer: a phase either returns the upstream's answer or a
+//! [`ProxyError`], which becomes one OpenAI-shaped error. A request whose client leaves before
+//! its answer ends is counted as status 499 and its upstream request is dropped (cancelled).
+
+pub mod body;
 pub mod error;
+pub mod forward;
 pub mod request;
+pub mod route;
 pub mod usage;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use infergate_config::{Config, LimitsConfig, PrefixConfig, RetryConfig};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+use crate::flow::{Capacity, FlowControl, Shed, Urgency};
+use crate::picker::{EndpointId, PickReason, Priority, PromptHasher, RequestFacts};
+use crate::pool::{Endpoint, InflightGuard, Pool, PoolPick};
+use crate::telemetry::{Metrics, ModelMetrics, PoolMetrics};
+
+pub use body::GatewayBody;
+pub use error::{ErrorKind, ErrorSource, ProxyError};
+pub use forward::{UpstreamClient, upstream_client};
+pub use route::{Api, Routes, Target};
+
+/// The header naming the endpoint that served the request.
+pub const ENDPOINT_HEADER: &str = "x-infergate-endpoint";
+
+/// Suggested wait for a shed request.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// An admission: the endpoint chosen and its in-flight guard.
+pub struct Admitted {
+    pub endpoint: Arc<Endpoint>,
+    pub guard: InflightGuard,
+    pub reason: PickReason,
+}
+
+/// Flow control's view of a pool: a pick that does not exclude anything.
+pub struct PoolCapacity(pub Arc<Pool>);
+
+impl Capacity for PoolCapacity {
+    type Facts = RequestFacts;
+    type Ticket = Admitted;
+
+    fn try_admit(&self, facts: &RequestFacts) -> Option<Admitted> {
+        match self.0.pick(facts, &[]) {
+            PoolPick::Endpoint {
+                endpoint,
+                guard,
+                reason,
+            } => Some(Admitted {
+                endpoint,
+                guard,
+                reason,
+            }),
+            PoolPick::Hold(_) => None,
+        }
+    }
+
+    fn capacity_changed(&self) -> &Notify {
+        self.0.capacity_changed()
+    }
+}
+
+/// One pool as the data path sees it.
+pub struct PoolRoute {
+    pub pool: Arc<Pool>,
+    pub flow: FlowControl<PoolCapacity>,
+    pub metrics: Arc<PoolMetrics>,
+}
+
+/// The data path's shared state.
+pub struct Proxy {
+    routes: Routes,
+    pools: Vec<PoolRoute>,
+    /// Request metrics by model name.
+    model_metrics: HashMap<String, Arc<ModelMetrics>>,
+    /// For requests that never reached a pool (bad path, bad JSON, unknown model).
+    unrouted: Arc<ModelMetrics>,
+    unrouted_pool: Arc<PoolMetrics>,
+    client: UpstreamClient,
+    limits: LimitsConfig,
+    retry: RetryConfig,
+    prefix: PrefixConfig,
+    budget: forward::RetryBudget,
+}
+
+/// The label used for requests that reached no pool.
+pub const UNROUTED: &str = "none";
+
+impl Proxy {
+    /// The data path over `pools` (in the configuration's order).
+    pub fn new(
+        config: &Config,
+        pools: Vec<PoolRoute>,
+        metrics: &Metrics,
+        client: UpstreamClient,
+    ) -> Proxy {
+        let routes = Routes::new(
+            config
+                .pools
+                .iter()
+                .map(|p| (p.name.as_str(), p.models.as_slice())),
+        );
+        let model_metrics = routes
+            .iter()
+            .map(|(model, t)| {
+                (
+                    model.to_string(),
+                    metrics.model(&pools[t.pool].metrics.name, model),
+                )
+            })
+            .collect();
+        let unrouted_pool = metrics.pool(UNROUTED);
+        let unrouted = metrics.model(&unrouted_pool.name, UNROUTED);
+        let g = &config.gateway;
+        Proxy {
+            routes,
+            pools,
+            model_metrics,
+            unrouted,
+            unrouted_pool,
+            client,
+            limits: g.limits.clone(),
+            retry: g.retry.clone(),
+            prefix: g.picker.prefix.clone(),
+            budget: forward::RetryBudget::new(g.retry.budget_ratio),
+        }
+    }
+
+    pub fn pools(&self) -> &[PoolRoute] {
+        &self.pools
+    }
+
+    /// Serves one request to its one answer.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<GatewayBody> {
+        let mut ctx = RequestCtx {
+            started: Instant::now(),
+            model: self.unrouted.clone(),
+            pool: self.unrouted_pool.clone(),
+            answered: false,
+        };
+        match self.serve(req, &mut ctx).await {
+            Ok(Answer::Upstream(resp)) => {
+                ctx.answered = true;
+                resp
+            }
+            Ok(Answer::Local(resp)) => {
+                ctx.answer(resp.status());
+                resp.map(GatewayBody::full)
+            }
+            Err(e) => {
+                if e.source_side != ErrorSource::Downstream {
+                    tracing::debug!(error = %e, "request failed");
+                }
+                let resp = e.to_response();
+                ctx.answer(resp.status());
+                resp.map(GatewayBody::full)
+            }
+        }
+    }
+
+    async fn serve(
+        &self,
+        req: Request<Incoming>,
+        ctx: &mut RequestCtx,
+    ) -> Result<Answer, ProxyError> {
+        // 1. route
+        let api = Api::route(req.method(), req.uri().path())?;
+        if api == Api::Models {
+            return Ok(Answer::Local(json_response(self.routes.models_json())));
+        }
+        // 2. read
+        let (parts, body) = req.into_parts();
+        let body = read_body(&parts, body, self.limits.max_body_bytes).await?;
+        // 3. facts
+        let (target, facts) = self.facts(&parts, &body, ctx)?;
+        let route = &self.pools[target];
+        ctx.pool = route.metrics.clone();
+        ctx.model.received.inc();
+        self.budget.deposit();
+        // 4. admit
+        let urgency = Urgency {
+            rank: facts.priority as u8,
+            sheddable: facts.priority == Priority::Sheddable,
+        };
+        let (admitted, facts) = match route.flow.admit(facts, urgency).await {
+            Ok(ok) => ok,
+            Err((shed, _)) => {
+                route.metrics.shed(shed.as_str());
+                return Err(shed_error(shed, urgency));
+            }
+        };
+        route.metrics.picked(admitted.reason.as_str());
+        // 5. forward
+        let (resp, admitted) = self.forward(route, &parts, body, &facts, admitted).await?;
+        // 6. respond
+        Ok(Answer::Upstream(respond(resp, admitted, ctx)))
+    }
+
+    /// The facts phase: the body's fields, the model's pool, the picker's facts.
+    fn facts(
+        &self,
+        parts: &Parts,
+        body: &[u8],
+        ctx: &mut RequestCtx,
+    ) -> Result<(usize, RequestFacts), ProxyError> {
+        let parsed = request::ParsedBody::parse(body).map_err(|e| {
+            ProxyError::new(
+                ErrorKind::InvalidJson,
+                format!("the request body is not valid JSON for this API: {e}"),
+            )
+        })?;
+        let Some(model) = parsed.model.as_deref() else {
+            return Err(
+                ProxyError::new(ErrorKind::MissingField, "`model` is required").with_param("model"),
+            );
+        };
+        let Some(target) = self.routes.target(model) else {
+            return Err(ProxyError::new(
+                ErrorKind::ModelNotFound,
+                format!("the model `{model}` does not exist on this gateway"),
+            )
+            .with_param("model"));
+        };
+        if let Some(m) = self.model_metrics.get(model) {
+            ctx.model = m.clone();
+        }
+        let mut hasher = PromptHasher::new(&self.prefix);
+        for segment in &parsed.segments {
+            hasher.feed(segment);
+        }
+        let priority = Priority::from_header(
+            parts
+                .headers
+                .get(Priority::HEADER)
+                .and_then(|v| v.to_str().ok()),
+        );
+        let facts = RequestFacts {
+            model: model.to_string(),
+            prompt_chars: hasher.chars(),
+            prefix: hasher.finish(),
+            lora: target.lora.clone(),
+            priority,
+            max_tokens: parsed.max_tokens.map(|n| n.min(u32::MAX as u64) as u32),
+        };
+        Ok((target.pool, facts))
+    }
+
+    /// The forward phase, with retries on other endpoints before the first answer byte.
+    async fn forward(
+        &self,
+        route: &PoolRoute,
+        parts: &Parts,
+        body: Bytes,
+        facts: &RequestFacts,
+        mut current: Admitted,
+    ) -> Result<(Response<Incoming>, Admitted), ProxyError> {
+        let mut tried: Vec<EndpointId> = Vec::new();
+        let mut retries = 0;
+        loop {
+            let req = forward::upstream_request(
+                &parts.method,
+                &parts.uri,
+                &parts.headers,
+                current.endpoint.url(),
+                body.clone(),
+            )?;
+            let outcome = forward::attempt(&self.client, req, self.limits.first_byte_timeout).await;
+            let (failure, kind, answer) = match outcome {
+                forward::Attempt::Answered(resp)
+                    if !forward::is_retryable_status(resp.status()) =>
+                {
+                    return Ok((resp, current));
+                }
+                forward::Attempt::Answered(resp) => {
+                    let kind = if resp.status() == StatusCode::BAD_GATEWAY {
+                        "status_502"
+                    } else {
+                        "status_503"
+                    };
+                    (None, kind, Some(resp))
+                }
+                forward::Attempt::Failed(e, kind) => (Some(e), kind, None),
+            };
+            route.metrics.upstream_error(kind);
+            let retryable = failure.as_ref().is_none_or(|e| e.retryable);
+            // Another endpoint, if the rules and the budget allow one.
+            let next = if retryable && retries < self.retry.max_retries {
+                tried.push(current.endpoint.id());
+                match route.pool.pick(facts, &tried) {
+                    PoolPick::Endpoint {
+                        endpoint,
+                        guard,
+                        reason,
+                    } if self.budget.withdraw() => Some(Admitted {
+                        endpoint,
+                        guard,
+                        reason,
+                    }),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            match (next, answer, failure) {
+                (Some(next), _, _) => {
+                    current.guard.failure();
+                    retries += 1;
+                    route.metrics.retries.inc();
+                    route.metrics.picked(next.reason.as_str());
+                    current = next;
+                }
+                // No other endpoint: the 502/503 answer is the answer.
+                (None, Some(resp), _) => return Ok((resp, current)),
+                (None, None, Some(e)) => {
+                    current.guard.failure();
+                    return Err(e);
+                }
+                (None, None, None) => {
+                    return Err(ProxyError::new(
+                        ErrorKind::Internal,
+                        "attempt without outcome",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// What `serve` produced.
+enum Answer {
+    /// The upstream's answer, accounted for by its body.
+    Upstream(Response<GatewayBody>),
+    /// Made by the gateway.
+    Local(Response<Bytes>),
+}
+
+/// Per-request accounting that survives early returns and a dropped future.
+struct RequestCtx {
+    started: Instant,
+    model: Arc<ModelMetrics>,
+    pool: Arc<PoolMetrics>,
+    answered: bool,
+}
+
+impl RequestCtx {
+    fn answer(&mut self, status: StatusCode) {
+        self.answered = true;
+        self.model.answered(status.as_u16());
+        self.model
+            .duration
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for RequestCtx {
+    fn drop(&mut self) {
+        if !self.answered {
+            // The client left while the request waited (queue or upstream head).
+            self.answer(StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST));
+        }
+    }
+}
+
+/// The read phase: the whole body, bounded.
+async fn read_body(parts: &Parts, body: Incoming, max: usize) -> Result<Bytes, ProxyError> {
+    let too_large = || {
+        ProxyError::new(
+            ErrorKind::BodyTooLarge,
+            format!("the request body is larger than {max} bytes"),
+        )
+    };
+    if let Some(len) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > max as u64
+    {
+        return Err(too_large());
+    }
+    match Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ProxyError::new(
+            ErrorKind::BodyRead,
+            format!("could not read the request body: {e}"),
+        )),
+    }
+}
+
+fn shed_error(shed: Shed, urgency: Urgency) -> ProxyError {
+    let why = match shed {
+        Shed::QueueFull => "the pool is at capacity and its queue is full",
+        Shed::Evicted => "the pool is at capacity and more urgent requests took the queue",
+        Shed::Timeout => "the pool stayed at capacity for the whole wait",
+        Shed::ShuttingDown => "the gateway is shutting down",
+    };
+    let kind = if urgency.sheddable && shed != Shed::ShuttingDown {
+        ErrorKind::Shed
+    } else {
+        ErrorKind::Overloaded
+    };
+    ProxyError::new(kind, why).with_retry_after(RETRY_AFTER)
+}
+
+fn json_response(body: Bytes) -> Response<Bytes> {
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// The respond phase: the upstream's head and its observed body.
+fn respond(
+    resp: Response<Incoming>,
+    admitted: Admitted,
+    ctx: &mut RequestCtx,
+) -> Response<GatewayBody> {
+    let (mut parts, incoming) = resp.into_parts();
+    forward::strip_hop_by_hop(&mut parts.headers);
+    if let Ok(v) = HeaderValue::from_str(admitted.endpoint.label()) {
+        parts.headers.insert(ENDPOINT_HEADER, v);
+    }
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let sse = content_type.starts_with("text/event-stream");
+    let json_len = if content_type.starts_with("application/json") {
+        Some(
+            parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        )
+    } else {
+        None
+    };
+    let account = body::Accounting {
+        started: ctx.started,
+        model: ctx.model.clone(),
+        pool: ctx.pool.clone(),
+        status: parts.status.as_u16(),
+        guard: Some(admitted.guard),
+    };
+    let observed = body::ObservedBody::new(incoming, sse, json_len, account);
+    Response::from_parts(parts, GatewayBody::Upstream(Box::new(observed)))
+}

@@ -1,0 +1,252 @@
+//! The answer's body: either made by the gateway, or the upstream's passed through and observed.
+//!
+//! [`ObservedBody`] hands each upstream frame on as it arrives (no buffering, no re-framing) and
+//! looks at it after the fact: the first non-empty frame is the time to first token; SSE frames
+//! go through the usage watcher; a small JSON body's frames are kept (as refcounted `Bytes`, no
+//! copy) to read its `usage` at the end. It also decides how the request ends:
+//! - the upstream body ends: success (or failure, for a 5xx) for outlier detection;
+//! - the upstream fails mid-body: for SSE, the client gets an OpenAI error event and `[DONE]`, then
+//!   a clean end; otherwise the error aborts the client's connection (a truncated JSON body must
+//!   not look complete);
+//! - the client leaves (the body is dropped unfinished): the upstream request is dropped with it,
+//!   which closes the upstream connection and so cancels the generation; counted as status 499.
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use super::error::sse_error_events;
+use super::usage::{SseUsageWatcher, Usage, body_usage};
+use crate::pool::InflightGuard;
+use crate::telemetry::{ModelMetrics, PoolMetrics};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Largest non-streaming body whose `usage` is read.
+const MAX_USAGE_BODY: usize = 64 * 1024;
+
+/// The body of every answer on the data port.
+pub enum GatewayBody {
+    /// Made by the gateway (errors, `/v1/models`).
+    Full(Option<Bytes>),
+    /// The upstream's.
+    Upstream(Box<ObservedBody>),
+}
+
+impl GatewayBody {
+    pub fn full(data: Bytes) -> Self {
+        GatewayBody::Full(Some(data))
+    }
+}
+
+impl Body for GatewayBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            GatewayBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            GatewayBody::Upstream(b) => Pin::new(b.as_mut()).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            GatewayBody::Full(data) => data.is_none(),
+            GatewayBody::Upstream(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            GatewayBody::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
+            GatewayBody::Full(None) => SizeHint::with_exact(0),
+            GatewayBody::Upstream(b) => b.size_hint(),
+        }
+    }
+}
+
+/// What is watched in the body.
+enum Watch {
+    Sse(SseUsageWatcher),
+    /// Frames of a small JSON body, kept until the end.
+    Json {
+        frames: Vec<Bytes>,
+        len: usize,
+    },
+    Nothing,
+}
+
+/// Everything needed to account for the request when its answer ends.
+pub struct Accounting {
+    pub started: Instant,
+    pub model: Arc<ModelMetrics>,
+    pub pool: Arc<PoolMetrics>,
+    pub status: u16,
+    pub guard: Option<InflightGuard>,
+}
+
+/// The upstream's body, passed through and observed.
+pub struct ObservedBody {
+    inner: Incoming,
+    watch: Watch,
+    account: Accounting,
+    first_byte: bool,
+    finished: bool,
+}
+
+impl ObservedBody {
+    /// Observes `inner`; `sse` when the upstream answered `text/event-stream`, `json_len` the
+    /// Content-Length of a JSON answer (or `Some(0)` when JSON of unknown length).
+    pub fn new(inner: Incoming, sse: bool, json_len: Option<u64>, account: Accounting) -> Self {
+        let watch = if sse {
+            Watch::Sse(SseUsageWatcher::new())
+        } else if json_len.is_some_and(|n| n as usize <= MAX_USAGE_BODY) {
+            Watch::Json {
+                frames: Vec::new(),
+                len: 0,
+            }
+        } else {
+            Watch::Nothing
+        };
+        ObservedBody {
+            inner,
+            watch,
+            account,
+            first_byte: false,
+            finished: false,
+        }
+    }
+
+    fn observe(&mut self, data: &Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        if !self.first_byte {
+            self.first_byte = true;
+            self.account
+                .model
+                .ttft
+                .observe(self.account.started.elapsed().as_secs_f64());
+        }
+        match &mut self.watch {
+            Watch::Sse(w) => w.feed(data),
+            Watch::Json { frames, len } => {
+                *len += data.len();
+                if *len > MAX_USAGE_BODY {
+                    self.watch = Watch::Nothing;
+                } else {
+                    frames.push(data.clone());
+                }
+            }
+            Watch::Nothing => {}
+        }
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        match &self.watch {
+            Watch::Sse(w) => w.usage(),
+            Watch::Json { frames, .. } => match frames.as_slice() {
+                [one] => body_usage(one),
+                many => body_usage(&many.concat()),
+            },
+            Watch::Nothing => None,
+        }
+    }
+
+    /// Records the request's end once: `status` as counted, `ok` for outlier detection.
+    fn finish(&mut self, status: u16, ok: bool) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        let a = &mut self.account;
+        a.model.answered(status);
+        a.model.duration.observe(a.started.elapsed().as_secs_f64());
+        if let Some(u) = self.usage() {
+            let a = &self.account;
+            a.model.prompt_tokens.inc_by(u.prompt_tokens);
+            a.model.completion_tokens.inc_by(u.completion_tokens);
+        }
+        if let Some(guard) = self.account.guard.take() {
+            if ok {
+                guard.success();
+            } else {
+                guard.failure();
+            }
+        }
+    }
+}
+
+impl Body for ObservedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    this.observe(data);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => {
+                this.account.pool.upstream_error("stream");
+                let status = this.account.status;
+                tracing::warn!(error = %e, "upstream failed mid-answer");
+                if let Watch::Sse(w) = &this.watch {
+                    let event = sse_error_events(
+                        &format!("the model server failed mid-stream: {e}"),
+                        w.trailing_newlines(),
+                    );
+                    this.finish(status, false);
+                    Poll::Ready(Some(Ok(Frame::data(event))))
+                } else {
+                    this.finish(status, false);
+                    Poll::Ready(Some(Err(Box::new(e))))
+                }
+            }
+            None => {
+                let status = this.account.status;
+                this.finish(status, status < 500);
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.finished || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.finished {
+            SizeHint::default()
+        } else {
+            self.inner.size_hint()
+        }
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        if !self.finished {
+            // The client left before the end: the upstream request is dropped with `inner`.
+            let guard = self.account.guard.take();
+            self.finish(499, true);
+            drop(guard);
+        }
+    }
+}

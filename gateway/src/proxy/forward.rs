@@ -1,0 +1,244 @@
+//! The forward phase: send the original bytes to the chosen endpoint and wait for its answer's
+//! head, retrying on another endpoint while nothing has reached the client yet.
+//!
+//! Retried: connect errors (the request never left) and 502/503 answers (the endpoint said it
+//! could not serve), both before any answer byte was passed on, up to `retry.max_retries` extra
+//! attempts and within a retry budget (each request earns `retry.budget_ratio` of a retry; a
+//! retry spends one), so that during an outage retries add at most that share to the load.
+//! Not retried: a timeout or a reset after the request was sent (the endpoint may be working on
+//! it: a retry would double the GPU work), and anything after the first answer byte.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Request, Response, Uri, Version};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use super::error::{ErrorKind, ProxyError};
+
+/// The pooled upstream client: keep-alive HTTP/1.1 to model servers.
+pub type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A client tuned for many long-lived keep-alive connections to a few endpoints.
+pub fn upstream_client() -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .build(connector)
+}
+
+/// Headers that describe one hop, not the message (RFC 9110 7.6.1), plus those the client sets.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::TE
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::TRAILER
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
+/// The upstream request: same method, path, query, headers (less hop-by-hop ones, Host and
+/// Content-Length, which the client recomputes) and the original body bytes.
+pub fn upstream_request(
+    method: &http::Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    base_url: &str,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, ProxyError> {
+    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut target = String::with_capacity(base_url.len() + pq.len());
+    target.push_str(base_url);
+    target.push_str(pq);
+    let uri: Uri = target.parse().map_err(|e| {
+        ProxyError::new(ErrorKind::Internal, format!("bad upstream URL `{target}`")).with_cause(e)
+    })?;
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    let out = req.headers_mut();
+    out.reserve(headers.len());
+    for (name, value) in headers {
+        if !is_hop_by_hop(name) && name != header::HOST && name != header::CONTENT_LENGTH {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    Ok(req)
+}
+
+/// Removes the upstream's hop-by-hop headers from an answer before it is passed on.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::TE,
+        header::UPGRADE,
+        header::TRAILER,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+/// What one attempt came to.
+pub enum Attempt {
+    /// The endpoint answered (any status); its head is here, its body not yet read.
+    Answered(Response<Incoming>),
+    /// Failed before any answer byte.
+    Failed(ProxyError, &'static str),
+}
+
+/// Sends one attempt and waits at most `first_byte_timeout` for the answer's head.
+pub async fn attempt(
+    client: &UpstreamClient,
+    req: Request<Full<Bytes>>,
+    first_byte_timeout: Duration,
+) -> Attempt {
+    match tokio::time::timeout(first_byte_timeout, client.request(req)).await {
+        Ok(Ok(resp)) => Attempt::Answered(resp),
+        Ok(Err(e)) if e.is_connect() => Attempt::Failed(
+            ProxyError::new(
+                ErrorKind::UpstreamConnect,
+                format!("cannot reach the model server: {e}"),
+            )
+            .with_cause(e),
+            "connect",
+        ),
+        Ok(Err(e)) => Attempt::Failed(
+            ProxyError::new(
+                ErrorKind::UpstreamProtocol,
+                format!("the model server failed: {e}"),
+            )
+            .with_cause(e),
+            "protocol",
+        ),
+        Err(_) => Attempt::Failed(
+            ProxyError::new(
+                ErrorKind::UpstreamTimeout,
+                format!(
+                    "the model server sent nothing within {}",
+                    humantime::format_duration(first_byte_timeout)
+                ),
+            ),
+            "timeout",
+        ),
+    }
+}
+
+/// Whether an answer's status asks for another endpoint.
+pub fn is_retryable_status(status: http::StatusCode) -> bool {
+    status == http::StatusCode::BAD_GATEWAY || status == http::StatusCode::SERVICE_UNAVAILABLE
+}
+
+/// A token bucket of retries, in thousandths of a retry: each request deposits
+/// `budget_ratio`, each retry withdraws one; it starts with (and never holds more than) a reserve,
+/// so a quiet gateway can still retry and a long good spell cannot bank an unbounded storm.
+#[derive(Debug)]
+pub struct RetryBudget {
+    milli: AtomicI64,
+    deposit: i64,
+}
+
+const RESERVE_MILLI: i64 = 10_000;
+const CAP_MILLI: i64 = 100_000;
+
+impl RetryBudget {
+    pub fn new(budget_ratio: f64) -> Self {
+        RetryBudget {
+            milli: AtomicI64::new(RESERVE_MILLI),
+            deposit: (budget_ratio.clamp(0.0, 1.0) * 1000.0) as i64,
+        }
+    }
+
+    /// One request arrived.
+    pub fn deposit(&self) {
+        let _ = self
+            .milli
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
+                (m < CAP_MILLI).then(|| (m + self.deposit).min(CAP_MILLI))
+            });
+    }
+
+    /// Takes one retry if the budget has it.
+    pub fn withdraw(&self) -> bool {
+        self.milli
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
+                (m >= 1000).then_some(m - 1000)
+            })
+            .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_request_keeps_path_query_body_and_end_to_end_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, "gw".parse().expect("hv"));
+        h.insert(header::CONNECTION, "keep-alive".parse().expect("hv"));
+        h.insert(header::CONTENT_LENGTH, "3".parse().expect("hv"));
+        h.insert(header::AUTHORIZATION, "Bearer x".parse().expect("hv"));
+        h.insert("x-infergate-priority", "critical".parse().expect("hv"));
+        let uri: Uri = "/v1/completions?a=1".parse().expect("uri");
+        let req = upstream_request(
+            &http::Method::POST,
+            &uri,
+            &h,
+            "http://10.0.0.1:8000",
+            Bytes::from_static(b"abc"),
+        )
+        .expect("request");
+        assert_eq!(req.uri(), "http://10.0.0.1:8000/v1/completions?a=1");
+        assert!(req.headers().get(header::HOST).is_none());
+        assert!(req.headers().get(header::CONNECTION).is_none());
+        assert!(req.headers().get(header::CONTENT_LENGTH).is_none());
+        assert_eq!(req.headers()[header::AUTHORIZATION], "Bearer x");
+        assert_eq!(req.headers()["x-infergate-priority"], "critical");
+    }
+
+    #[test]
+    fn retry_budget_has_a_reserve_then_earns_a_share() {
+        let b = RetryBudget::new(0.2);
+        let mut took = 0;
+        while b.withdraw() {
+            took += 1;
+        }
+        assert_eq!(took, 10, "the reserve");
+        for _ in 0..10 {
+            b.deposit();
+        }
+        assert!(b.withdraw(), "ten requests at 20% earn two retries");
+        assert!(b.withdraw());
+        assert!(!b.withdraw());
+    }
+
+    #[test]
+    fn retry_budget_is_capped() {
+        let b = RetryBudget::new(1.0);
+        for _ in 0..1000 {
+            b.deposit();
+        }
+        let mut took = 0;
+        while b.withdraw() {
+            took += 1;
+        }
+        assert_eq!(took, 100);
+    }
+}

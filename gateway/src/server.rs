@@ -1,0 +1,350 @@
+//! The gateway as a whole: pools, their discovery, scrapers and flow control, the data port and
+//! the admin port, and their graceful shutdown. [`Gateway::start`] is the one entry point, used by
+//! `infergate gateway` and embedded by `infergate up`.
+//!
+//! Shutdown, in order: `/readyz` turns 503 and the data listener closes (new connections are
+//! refused); open connections finish their in-flight requests (streams included) and close, for
+//! at most `shutdown.drain_timeout`; then whatever is left is cut, the background tasks stop, and
+//! the admin port closes last (so the drain is observable on it).
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use infergate_config::{Config, Discovery};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, AdminState};
+use crate::discovery::{EndpointSet, static_endpoints};
+use crate::flow::FlowControl;
+use crate::pool::Pool;
+use crate::proxy::{PoolCapacity, PoolRoute, Proxy, upstream_client};
+use crate::telemetry::{Metrics, PoolsCollector};
+
+/// What the gateway is started with.
+pub struct GatewayOptions {
+    pub config: Config,
+    /// pool name -> endpoints, overriding that pool's configured discovery
+    pub discovery: HashMap<String, watch::Receiver<EndpointSet>>,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("cannot listen on {addr} for the {role} port: {source}")]
+    Bind {
+        role: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pool `{pool}`: {reason}")]
+    Discovery { pool: String, reason: String },
+}
+
+/// The gateway's entry point.
+pub struct Gateway;
+
+/// A running gateway.
+pub struct GatewayHandle {
+    data_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    drain: CancellationToken,
+    draining: Arc<AtomicBool>,
+    pools: Vec<Arc<Pool>>,
+    task: JoinHandle<()>,
+}
+
+impl GatewayHandle {
+    /// Where the OpenAI-compatible API listens.
+    pub fn data_addr(&self) -> SocketAddr {
+        self.data_addr
+    }
+
+    /// Where `/metrics`, `/healthz`, `/readyz` and `/debug/pools` listen.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Begins the graceful drain: stop accepting, `/readyz` 503, in-flight requests finish within
+    /// `shutdown.drain_timeout`. Returns at once; [`GatewayHandle::wait`] sees it through.
+    pub fn shutdown(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.drain.cancel();
+    }
+
+    /// Resolves when the gateway has drained and stopped (only after [`GatewayHandle::shutdown`]).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+
+    /// The live pools, in the configuration's order.
+    pub fn pools(&self) -> Vec<Arc<Pool>> {
+        self.pools.clone()
+    }
+}
+
+impl Gateway {
+    /// Builds every pool, starts discovery, scrapers and flow control, binds both ports.
+    pub async fn start(opts: GatewayOptions) -> Result<GatewayHandle, GatewayError> {
+        let GatewayOptions {
+            config,
+            mut discovery,
+        } = opts;
+        let g = &config.gateway;
+        let background = CancellationToken::new();
+        let client = upstream_client();
+        let mut metrics = Metrics::new();
+
+        // Discovery sources first: a pool that cannot find its endpoints fails the start.
+        let mut sources = Vec::with_capacity(config.pools.len());
+        for pc in &config.pools {
+            let rx = match discovery.remove(&pc.name) {
+                Some(rx) => rx,
+                None => discovery_source(pc, &background).await?,
+            };
+            sources.push(rx);
+        }
+
+        let mut routes = Vec::with_capacity(config.pools.len());
+        let mut pools = Vec::with_capacity(config.pools.len());
+        for (pc, mut rx) in config.pools.iter().zip(sources) {
+            let pool = Pool::new(pc, g);
+            pool.apply_discovery(&rx.borrow_and_update().clone());
+            tokio::spawn(follow_discovery(pool.clone(), rx, background.clone()));
+            crate::scrape::spawn_scraper(
+                pool.clone(),
+                client.clone(),
+                g.scrape.clone(),
+                background.clone(),
+            );
+            let flow = FlowControl::start(
+                Arc::new(PoolCapacity(pool.clone())),
+                g.flow.clone(),
+                background.clone(),
+            );
+            routes.push(PoolRoute {
+                metrics: metrics.pool(&pc.name),
+                pool: pool.clone(),
+                flow,
+            });
+            pools.push(pool);
+        }
+        metrics.register_collector(Box::new(PoolsCollector::new(
+            routes
+                .iter()
+                .map(|r| (r.metrics.name.clone(), r.pool.clone(), r.flow.clone()))
+                .collect(),
+        )));
+        let metrics = Arc::new(metrics);
+        let proxy = Arc::new(Proxy::new(&config, routes, &metrics, client));
+
+        let data = bind("data", g.listen).await?;
+        let admin = bind("admin", g.admin_listen).await?;
+        let data_addr = local_addr("data", g.listen, &data)?;
+        let admin_addr = local_addr("admin", g.admin_listen, &admin)?;
+
+        let draining = Arc::new(AtomicBool::new(false));
+        let drain = CancellationToken::new();
+        let admin_state = Arc::new(AdminState {
+            metrics,
+            pools: config
+                .pools
+                .iter()
+                .map(|p| p.name.clone())
+                .zip(pools.iter().cloned())
+                .collect(),
+            draining: draining.clone(),
+        });
+        let admin_stop = CancellationToken::new();
+        let admin_task = tokio::spawn(serve_admin(admin, admin_state, admin_stop.clone()));
+        let data_task = tokio::spawn(serve_data(
+            data,
+            proxy,
+            g.limits.clone(),
+            drain.clone(),
+            g.shutdown.drain_timeout,
+        ));
+        let task = tokio::spawn(async move {
+            let _ = data_task.await;
+            background.cancel();
+            admin_stop.cancel();
+            let _ = admin_task.await;
+        });
+        Ok(GatewayHandle {
+            data_addr,
+            admin_addr,
+            drain,
+            draining,
+            pools,
+            task,
+        })
+    }
+}
+
+/// The configured discovery of a pool, as a channel of endpoint sets.
+async fn discovery_source(
+    pc: &infergate_config::PoolConfig,
+    _cancel: &CancellationToken,
+) -> Result<watch::Receiver<EndpointSet>, GatewayError> {
+    match &pc.discovery {
+        Discovery::Static { endpoints } => Ok(static_endpoints(endpoints.iter().cloned())),
+        Discovery::Kubernetes(_) | Discovery::InferencePool(_) => Err(GatewayError::Discovery {
+            pool: pc.name.clone(),
+            reason: "Kubernetes discovery is not wired into this build of the gateway yet; \
+                     use `discovery: {static: {endpoints: [...]}}`"
+                .into(),
+        }),
+    }
+}
+
+/// Applies each new endpoint set to the pool until cancelled or the source ends.
+async fn follow_discovery(
+    pool: Arc<Pool>,
+    mut rx: watch::Receiver<EndpointSet>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return; // the source ended: its last set stays
+                }
+                let set = rx.borrow_and_update().clone();
+                pool.apply_discovery(&set);
+            }
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+async fn bind(role: &'static str, addr: SocketAddr) -> Result<TcpListener, GatewayError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| GatewayError::Bind { role, addr, source })
+}
+
+fn local_addr(
+    role: &'static str,
+    addr: SocketAddr,
+    l: &TcpListener,
+) -> Result<SocketAddr, GatewayError> {
+    l.local_addr()
+        .map_err(|source| GatewayError::Bind { role, addr, source })
+}
+
+/// The data port: HTTP/1.1 and h2c on one listener, at most `max_connections` at once.
+async fn serve_data(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    limits: infergate_config::LimitsConfig,
+    drain: CancellationToken,
+    drain_timeout: Duration,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let hard_stop = CancellationToken::new();
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = drain.cancelled() => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = drain.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let service = service_fn(move |req| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(req).await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        let hard_stop = hard_stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                result = conn => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "client connection ended with an error");
+                    }
+                }
+                _ = hard_stop.cancelled() => {}
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!(
+        connections = graceful.count(),
+        "draining: no new connections, waiting for in-flight requests"
+    );
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("drained"),
+        _ = tokio::time::sleep(drain_timeout) => {
+            tracing::warn!("drain timeout: closing the remaining connections");
+            hard_stop.cancel();
+        }
+    }
+}
+
+/// The admin port, until `stop`.
+async fn serve_admin(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => return,
+        };
+        let state = state.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let resp = admin::handle(&state, &req);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = conn => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+}
