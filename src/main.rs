@@ -16,6 +16,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the gateway: an OpenAI-compatible proxy in front of model-server pools.
+    Gateway(cmd::gateway::Args),
     /// Run a simulated vLLM-like (or SGLang-like) model server.
     Sim(cmd::sim::Args),
     /// Generate load against an OpenAI-compatible endpoint and report latency and SLO figures.
@@ -36,6 +38,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         match cli.command {
+            Command::Gateway(args) => cmd::gateway::run(args).await,
             Command::Sim(args) => cmd::sim::run(args).await,
             Command::Loadtest(args) => cmd::loadtest::run(args).await,
         }
