@@ -6,6 +6,8 @@
 //! they arrive ([`sse`], [`client`]) and folded into histograms ([`report`]).
 
 pub mod arrival;
+#[cfg(test)]
+mod canned;
 pub mod client;
 pub mod progress;
 pub mod report;
