@@ -301,9 +301,16 @@ async fn campaign(
             last_renewed = None;
             leader.0.send_replace(false);
         }
+        // A leader never sleeps past its renew deadline: it wakes to try once more or step down.
+        let pause = match last_renewed {
+            Some(at) => config
+                .retry_period
+                .min((at + config.renew_deadline).saturating_duration_since(Instant::now())),
+            None => config.retry_period,
+        };
         tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(config.retry_period) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
     }
     // Cancelled: step down first, then release if we held it.

@@ -221,3 +221,52 @@ async fn injected_faults_and_outage() {
     fake.set_outage(false);
     assert!(pods.get("p").await.is_ok());
 }
+
+#[tokio::test]
+async fn kube_runtime_watcher_with_list_watch_and_streaming_list() {
+    use kube::runtime::watcher::{self, Event, InitialListStrategy};
+    for strategy in [
+        InitialListStrategy::ListWatch,
+        InitialListStrategy::StreamingList,
+    ] {
+        let fake = FakeApi::start().await;
+        fake.put(&pod("p1", "a"));
+        fake.put(&pod("p2", "b"));
+        let pods: Api<Pod> = Api::namespaced(fake.client(), "ns");
+        let config = watcher::Config {
+            initial_list_strategy: strategy.clone(),
+            ..watcher::Config::default().labels("app=a")
+        };
+        let mut events = watcher::watcher(pods, config).boxed();
+        let mut initial = Vec::new();
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+                .await
+                .expect("watcher event in time")
+                .unwrap()
+                .unwrap();
+            match event {
+                Event::Init => {}
+                Event::InitApply(p) => initial.push(p.metadata.name.unwrap()),
+                Event::InitDone => break,
+                other => panic!("{strategy:?}: unexpected {other:?}"),
+            }
+        }
+        assert_eq!(initial, ["p1"], "{strategy:?}");
+        fake.put(&pod("p3", "a"));
+        let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("watcher event in time")
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(&event, Event::Apply(p) if p.metadata.name.as_deref() == Some("p3")),
+            "{strategy:?}: {event:?}"
+        );
+        let sent_initial = fake
+            .requests()
+            .iter()
+            .any(|r| r.query.contains("sendInitialEvents=true"));
+        assert_eq!(sent_initial, strategy == InitialListStrategy::StreamingList);
+    }
+}
