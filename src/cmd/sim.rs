@@ -44,7 +44,8 @@ pub struct Args {
     /// Token budget of one engine step (prefill chunks plus decode tokens).
     #[arg(long, default_value_t = 8192)]
     max_num_batched_tokens: usize,
-    /// KV-cache blocks [default: the profile's, 25750 for llama-3-8b-h100].
+    /// KV-cache blocks [default: the profile's capacity (412,000 tokens for llama-3-8b-h100) in
+    /// blocks of --block-size, so 25750 with 16-token blocks].
     #[arg(long)]
     num_gpu_blocks: Option<u32>,
     /// Tokens per KV block.
@@ -123,9 +124,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     config.engine.max_num_seqs = args.max_num_seqs;
     config.engine.max_num_batched_tokens = args.max_num_batched_tokens;
-    if let Some(n) = args.num_gpu_blocks {
-        config.engine.num_gpu_blocks = n;
-    }
+    // The profile's capacity is in tokens: a different block size keeps it, in fewer, larger blocks.
+    config.engine.num_gpu_blocks = args.num_gpu_blocks.unwrap_or_else(|| {
+        let tokens =
+            u64::from(config.profile.num_gpu_blocks) * u64::from(config.profile.block_size);
+        (tokens / u64::from(args.block_size)).min(u64::from(u32::MAX)) as u32
+    });
     config.engine.block_size = args.block_size;
     config.engine.max_model_len = args.max_model_len;
     config.engine.enable_prefix_caching = !args.no_prefix_caching;

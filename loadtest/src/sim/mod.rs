@@ -3,7 +3,7 @@
 //! Pure, synchronous, virtual time (what the planner reuses):
 //! - [`engine`]: the scheduler (continuous batching, chunked prefill, admission when KV allows,
 //!   preemption by recompute), over [`kv`] (paged blocks, prefix cache with LRU eviction) and
-//!   [`profile`] (the step-time model and its calibrated profiles).
+//!   [`profile`] (the step-time model and its calibrated profiles); [`report`] is what it returns.
 //! - [`tokens`]: the deterministic tokenizer that makes shared text prefixes share KV blocks.
 //!
 //! Real time and HTTP:
@@ -19,6 +19,7 @@ pub mod host;
 pub mod kv;
 pub mod metrics;
 pub mod profile;
+pub mod report;
 pub mod server;
 pub mod tokens;
 
