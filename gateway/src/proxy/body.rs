@@ -201,6 +201,11 @@ impl Body for ObservedBody {
                 if let Some(data) = frame.data_ref() {
                     this.observe(data);
                 }
+                // The server may stop polling once the length is reached: account now.
+                if this.inner.is_end_stream() {
+                    let status = this.account.status;
+                    this.finish(status, status < 500);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(e)) => {
@@ -228,7 +233,7 @@ impl Body for ObservedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.finished || self.inner.is_end_stream()
+        self.finished
     }
 
     fn size_hint(&self) -> SizeHint {

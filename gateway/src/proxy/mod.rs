@@ -168,7 +168,8 @@ impl Proxy {
                 resp
             }
             Ok(Answer::Local(resp)) => {
-                ctx.answer(resp.status());
+                // `/v1/models` is not an inference request: not counted.
+                ctx.answered = true;
                 resp.map(GatewayBody::full)
             }
             Err(e) => {
