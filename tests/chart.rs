@@ -479,6 +479,66 @@ fn dashboard_charts_the_documented_metrics() {
             "no panel queries {metric}"
         );
     }
+    // Every metric a panel queries is one the code registers (a renamed metric breaks this test,
+    // not a dashboard nobody looks at until an incident).
+    let registered = registered_metric_names();
+    for expr in &exprs {
+        for metric in metric_names_in(expr) {
+            let base = ["_total", "_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|suffix| metric.strip_suffix(suffix))
+                .unwrap_or(&metric);
+            assert!(
+                registered.contains(base) || registered.contains(metric.as_str()),
+                "the dashboard queries {metric}, which no code in gateway/ or autoscaler/ registers"
+            );
+        }
+    }
+}
+
+/// `infergate_*` identifiers in a PromQL expression.
+fn metric_names_in(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("infergate_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// Every `"infergate_..."` string literal in the gateway's and autoscaler's sources: the names their
+/// registries are given.
+fn registered_metric_names() -> BTreeSet<String> {
+    fn walk(dir: &Path, out: &mut BTreeSet<String>) {
+        for entry in std::fs::read_dir(dir).expect("source dir") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("read source");
+                for (at, _) in text.match_indices("\"infergate_") {
+                    let literal = &text[at + 1..];
+                    let end = literal
+                        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .unwrap_or(literal.len());
+                    if literal[end..].starts_with('"') {
+                        out.insert(literal[..end].to_string());
+                    }
+                }
+            }
+        }
+    }
+    let mut names = BTreeSet::new();
+    for crate_dir in ["gateway/src", "autoscaler/src"] {
+        walk(&root().join(crate_dir), &mut names);
+    }
+    assert!(names.len() > 10, "found only {names:?}");
+    names
 }
 
 #[test]
