@@ -20,6 +20,10 @@ enum Command {
     Gateway(cmd::gateway::Args),
     /// Run a simulated vLLM-like (or SGLang-like) model server.
     Sim(cmd::sim::Args),
+    /// Run the autoscaler: load signals to replica counts, applied by an actuator.
+    Autoscaler(cmd::autoscaler::Args),
+    /// Run everything on this machine: gateway, autoscaler and simulated pods.
+    Up(cmd::up::Args),
     /// Generate load against an OpenAI-compatible endpoint and report latency and SLO figures.
     Loadtest(cmd::loadtest::Args),
 }
@@ -40,6 +44,8 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Gateway(args) => cmd::gateway::run(args).await,
             Command::Sim(args) => cmd::sim::run(args).await,
+            Command::Autoscaler(args) => cmd::autoscaler::run(args).await,
+            Command::Up(args) => cmd::up::run(args).await,
             Command::Loadtest(args) => cmd::loadtest::run(args).await,
         }
     })

@@ -4,9 +4,11 @@
 //! - [`policy`]: the pure decision `(&ScalerState, &Signals, now) -> Recommendation`.
 //! - [`actuate`]: applying a replica count (Kubernetes scale subresource, or local processes).
 //! - [`lease`]: leader election, so only one autoscaler replica writes.
+//! - [`service`]: the run loop (signals, policy, actuator every interval) and the admin port.
 #![forbid(unsafe_code)]
 
 pub mod actuate;
 pub mod lease;
 pub mod policy;
+pub mod service;
 pub mod signals;

@@ -9,6 +9,7 @@
 //! the idlest pods first ([`choose_victims`]); an actuator removes those when it can (the local one
 //! drains exactly them; Kubernetes gets them as pod-deletion-cost hints).
 
+pub mod kube_pools;
 pub mod kubernetes;
 pub mod local;
 
