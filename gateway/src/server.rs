@@ -24,6 +24,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
+use crate::discovery::inference_pool::InferencePoolSource;
+use crate::discovery::kubernetes::SliceDiscovery;
 use crate::discovery::{EndpointSet, static_endpoints};
 use crate::flow::FlowControl;
 use crate::pool::Pool;
@@ -107,10 +109,17 @@ impl Gateway {
 
         // Discovery sources first: a pool that cannot find its endpoints fails the start.
         let mut sources = Vec::with_capacity(config.pools.len());
+        let mut kube_client = None;
         for pc in &config.pools {
             let rx = match discovery.remove(&pc.name) {
                 Some(rx) => rx,
-                None => discovery_source(pc, &background).await?,
+                None => match discovery_source(pc, &mut kube_client, &background).await {
+                    Ok(rx) => rx,
+                    Err(e) => {
+                        background.cancel();
+                        return Err(e);
+                    }
+                },
             };
             sources.push(rx);
         }
@@ -148,10 +157,20 @@ impl Gateway {
         let metrics = Arc::new(metrics);
         let proxy = Arc::new(Proxy::new(&config, routes, &metrics, client));
 
-        let data = bind("data", g.listen).await?;
-        let admin = bind("admin", g.admin_listen).await?;
-        let data_addr = local_addr("data", g.listen, &data)?;
-        let admin_addr = local_addr("admin", g.admin_listen, &admin)?;
+        let listeners = async {
+            let data = bind("data", g.listen).await?;
+            let admin = bind("admin", g.admin_listen).await?;
+            let data_addr = local_addr("data", g.listen, &data)?;
+            let admin_addr = local_addr("admin", g.admin_listen, &admin)?;
+            Ok::<_, GatewayError>((data, admin, data_addr, admin_addr))
+        };
+        let (data, admin, data_addr, admin_addr) = match listeners.await {
+            Ok(l) => l,
+            Err(e) => {
+                background.cancel();
+                return Err(e);
+            }
+        };
 
         let draining = Arc::new(AtomicBool::new(false));
         let drain = CancellationToken::new();
@@ -191,20 +210,44 @@ impl Gateway {
     }
 }
 
-/// The configured discovery of a pool, as a channel of endpoint sets.
+/// The configured discovery of a pool, as a channel of endpoint sets. Kubernetes sources share
+/// one client, made on first use from the in-cluster service account or the kubeconfig.
 async fn discovery_source(
     pc: &infergate_config::PoolConfig,
-    _cancel: &CancellationToken,
+    kube_client: &mut Option<kube::Client>,
+    cancel: &CancellationToken,
 ) -> Result<watch::Receiver<EndpointSet>, GatewayError> {
-    match &pc.discovery {
-        Discovery::Static { endpoints } => Ok(static_endpoints(endpoints.iter().cloned())),
-        Discovery::Kubernetes(_) | Discovery::InferencePool(_) => Err(GatewayError::Discovery {
-            pool: pc.name.clone(),
-            reason: "Kubernetes discovery is not wired into this build of the gateway yet; \
-                     use `discovery: {static: {endpoints: [...]}}`"
-                .into(),
-        }),
+    let err = |reason: String| GatewayError::Discovery {
+        pool: pc.name.clone(),
+        reason,
+    };
+    let (rx, task) = match &pc.discovery {
+        Discovery::Static { endpoints } => return Ok(static_endpoints(endpoints.iter().cloned())),
+        Discovery::Kubernetes(k) => {
+            let source = SliceDiscovery::from_config(k).map_err(|e| err(e.to_string()))?;
+            source.spawn(kube(kube_client).await.map_err(err)?)
+        }
+        Discovery::InferencePool(ip) => {
+            InferencePoolSource::from_config(ip).spawn(kube(kube_client).await.map_err(err)?)
+        }
+    };
+    let cancel = cancel.clone();
+    tokio::spawn(async move {
+        cancel.cancelled().await;
+        task.abort();
+    });
+    Ok(rx)
+}
+
+async fn kube(cached: &mut Option<kube::Client>) -> Result<kube::Client, String> {
+    if let Some(c) = cached {
+        return Ok(c.clone());
     }
+    let client = kube::Client::try_default().await.map_err(|e| {
+        format!("Kubernetes discovery needs an API server (in-cluster service account or kubeconfig): {e}")
+    })?;
+    *cached = Some(client.clone());
+    Ok(client)
 }
 
 /// Applies each new endpoint set to the pool until cancelled or the source ends.
