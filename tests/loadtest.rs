@@ -395,3 +395,80 @@ fn rejects_conflicting_and_missing_options() {
         "a trace carries its own arrivals"
     );
 }
+
+/// Sums the samples of a metric in a Prometheus text page (plain GET over a std socket).
+fn metric(addr: SocketAddr, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: sim\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut page = String::new();
+    s.read_to_string(&mut page).unwrap();
+    page.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn measures_the_simulator_with_exact_lengths_and_shared_prefixes() {
+    let sim = common::Proc::spawn(&["sim", "--port", "0", "--speed", "10"], &["sim"]);
+    let target = sim.url("sim");
+
+    let (report, _) = loadtest(&[
+        "--target",
+        &target,
+        "--rate",
+        "20",
+        "--requests",
+        "20",
+        "--arrival",
+        "constant",
+        "--workload",
+        "fixed:64:16",
+        "--slo-ttft",
+        "30s",
+    ]);
+    assert_eq!(report["statuses"]["200"], 20, "{report:#}");
+    assert_eq!(report["completed"], 20);
+    assert_eq!(
+        report["output_tokens"],
+        20 * 16,
+        "ignore_eos: outputs are as planned"
+    );
+    let input = report["input_tokens"].as_u64().unwrap();
+    assert!(
+        input >= 20 * 64,
+        "the chat template only adds tokens: {input}"
+    );
+    assert!(
+        input <= 20 * (64 + 32),
+        "filler lengths are the simulator's lengths: {input}"
+    );
+    assert_eq!(report["ttft_ms"]["count"], 20);
+    assert!(report["itl_ms"]["count"].as_u64().unwrap() > 0);
+    assert_eq!(report["slo"]["goodput"], 1.0);
+
+    let hits_before = metric(sim.addr("sim"), "vllm:prefix_cache_hits_total");
+    let (report, _) = loadtest(&[
+        "--target",
+        &target,
+        "--rate",
+        "20",
+        "--requests",
+        "6",
+        "--workload",
+        "shared-prefix:2:256:2:16:8",
+        "--think-time",
+        "0s",
+        "--endpoint",
+        "completions",
+    ]);
+    assert_eq!(report["completed"], 12, "{report:#}");
+    assert_eq!(report["output_tokens"], 12 * 8);
+    let hits = metric(sim.addr("sim"), "vllm:prefix_cache_hits_total") - hits_before;
+    // Six sessions over two 256-token system prompts, and second turns that resend the first:
+    // at least 4 sessions x 256 tokens of system prompt are cache hits.
+    assert!(hits >= 4.0 * 256.0, "prefix cache hits {hits}");
+}
