@@ -4,7 +4,8 @@
 //! - queue: `1 / (1 + q / saturation_queue)`, with `q` = scraped waiting + picks since the scrape.
 //!   Absolute rather than normalised over the candidates, so that 0 vs 1 waiting is a small
 //!   difference and 0 vs 20 a large one.
-//! - kv: `1 - kv_usage`.
+//! - kv: `1 - kv_usage`, where the requests sent since the scrape are each assumed to take the
+//!   KV of an average running request.
 //! - in-flight (`infergate` only): `1 / (1 + inflight / mean inflight)`, scale-free.
 //! - prefix (`infergate` only): leading blocks this endpoint was sent / the request's blocks,
 //!   zeroed by the imbalance guard ([`super::Balance`]) when the endpoint is far more loaded than
@@ -28,6 +29,8 @@ struct Stats {
     mean_known_kv: Option<f64>,
     mean_inflight: f64,
     min_load: f64,
+    /// KV use of an average running request (scraped KV over scraped running, pool-wide).
+    kv_per_request: f64,
 }
 
 /// One endpoint's scores before weighting.
@@ -51,6 +54,15 @@ fn queue_estimate(v: &EndpointView<'_>, st: &Stats) -> f64 {
         }
         None => f64::from(v.inflight),
     }
+}
+
+/// KV use with the in-flight correction: each request sent since the scrape is assumed to take
+/// the KV of an average running request of the pool, so a burst raises the estimate before the
+/// next scrape shows it. Pool-wide, not per endpoint, so that every endpoint pays the same for
+/// the same request.
+fn kv_estimate(v: &EndpointView<'_>, kv_per_request: f64) -> Option<f64> {
+    let kv = v.kv_usage?.clamp(0.0, 1.0);
+    Some((kv + kv_per_request * f64::from(v.picks_since_scrape)).min(1.0))
 }
 
 /// Requests at the endpoint: what the engine reported plus what was sent since, and never less
@@ -93,7 +105,9 @@ fn parts(
     let v = &snap.endpoints[i];
     let q_ref = snap.saturation.queue.max(1.0);
     let queue = 1.0 / (1.0 + queue_estimate(v, st) / q_ref);
-    let kv_use = v.kv_usage.or(st.mean_known_kv).unwrap_or(0.0);
+    let kv_use = kv_estimate(v, st.kv_per_request)
+        .or(st.mean_known_kv)
+        .unwrap_or(0.0);
     let kv = 1.0 - kv_use.clamp(0.0, 1.0);
     if !infergate {
         return Parts {
@@ -146,6 +160,7 @@ pub(super) fn pick_scored(
     let (mut n, mut known, mut kv_n) = (0usize, 0usize, 0usize);
     let (mut sum_q, mut sum_kv, mut sum_inf_known, mut sum_inf) = (0.0, 0.0, 0.0, 0.0);
     let mut min_load = f64::INFINITY;
+    let (mut sum_kv_running, mut sum_running) = (0.0, 0.0);
     for (i, v) in eps.iter().enumerate() {
         if !eligible(i) {
             continue;
@@ -158,7 +173,21 @@ pub(super) fn pick_scored(
             sum_q += w.max(0.0) + f64::from(v.picks_since_scrape);
             sum_inf_known += f64::from(v.inflight);
         }
-        if let Some(kv) = v.kv_usage {
+        if let (Some(kv), Some(r)) = (v.kv_usage, v.running) {
+            sum_kv_running += kv.clamp(0.0, 1.0);
+            sum_running += r.max(0.0);
+        }
+    }
+    let kv_per_request = if sum_running >= 1.0 {
+        sum_kv_running / sum_running
+    } else {
+        0.0
+    };
+    for (i, v) in eps.iter().enumerate() {
+        if !eligible(i) {
+            continue;
+        }
+        if let Some(kv) = kv_estimate(v, kv_per_request) {
             kv_n += 1;
             sum_kv += kv;
         }
@@ -171,6 +200,7 @@ pub(super) fn pick_scored(
         mean_known_kv: (kv_n > 0).then(|| sum_kv / kv_n as f64),
         mean_inflight: mean(sum_inf, n),
         min_load: if min_load.is_finite() { min_load } else { 0.0 },
+        kv_per_request,
     };
 
     // One pass: the best score, and the spread of the affinity scores (an affinity only explains
