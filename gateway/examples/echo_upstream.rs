@@ -1,0 +1,124 @@
+//! A trivial upstream for measuring the proxy's own overhead (scripts/bench-proxy.sh).
+//!
+//! `echo_upstream [ADDR]` (default 127.0.0.1:0) prints `infergate sim listening on http://ADDR` and
+//! answers:
+//! - `GET /metrics`: a tiny vLLM-style page (an idle engine), so the gateway's scraper is happy;
+//! - a POST whose body has `"stream":true`: an SSE stream of `chunks` events (default 20, or the
+//!   `x-chunks` header) `interval_ms` apart (default 50, or `x-interval-ms`), each carrying the
+//!   send time in nanoseconds since the Unix epoch (`{"t":...}`), then `[DONE]`;
+//! - any other request: the same 1 KiB JSON answer, after reading the body.
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+enum Out {
+    Full(Option<Bytes>),
+    Stream(tokio::sync::mpsc::Receiver<Bytes>),
+}
+
+impl hyper::body::Body for Out {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            Out::Full(b) => std::task::Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Out::Stream(rx) => rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+}
+
+fn answer_1k() -> Bytes {
+    let head = r#"{"id":"cmpl-1","object":"chat.completion","model":"m","usage":{"prompt_tokens":10,"completion_tokens":20,"total_tokens":30},"choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":""#;
+    let tail = r#""}}]}"#;
+    let fill = 1024 - head.len() - tail.len();
+    Bytes::from(format!("{head}{}{tail}", "x".repeat(fill)))
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+fn header_num(req: &Request<Incoming>, name: &str, default: u64) -> u64 {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn serve(req: Request<Incoming>, body_1k: Bytes) -> Response<Out> {
+    if req.uri().path() == "/metrics" {
+        let page = "vllm:num_requests_waiting{model_name=\"m\"} 0\nvllm:num_requests_running{model_name=\"m\"} 0\nvllm:kv_cache_usage_perc{model_name=\"m\"} 0\n";
+        return Response::new(Out::Full(Some(Bytes::from_static(page.as_bytes()))));
+    }
+    let chunks = header_num(&req, "x-chunks", 20);
+    let interval = Duration::from_millis(header_num(&req, "x-interval-ms", 50));
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let stream = body.windows(13).any(|w| w == b"\"stream\":true");
+    if !stream {
+        let mut resp = Response::new(Out::Full(Some(body_1k)));
+        resp.headers_mut()
+            .insert("content-type", "application/json".parse().expect("static"));
+        return resp;
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        for _ in 0..chunks {
+            tick.tick().await;
+            let ev = format!("data: {{\"t\":{}}}\n\n", now_nanos());
+            if tx.send(Bytes::from(ev)).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+    });
+    let mut resp = Response::new(Out::Stream(rx));
+    resp.headers_mut()
+        .insert("content-type", "text/event-stream".parse().expect("static"));
+    resp
+}
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:0".into());
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    println!(
+        "infergate sim listening on http://{}",
+        listener.local_addr()?
+    );
+    let body_1k = answer_1k();
+    debug_assert_eq!(body_1k.len(), 1024);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let body_1k = body_1k.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let b = body_1k.clone();
+                async move { Ok::<_, Infallible>(serve(req, b).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
