@@ -24,6 +24,9 @@
 //!   user message of USER_LEN tokens, asking for OUTPUT tokens. So sessions on the same system prompt
 //!   share its prefix, and each session's own prefix grows turn by turn, as in a chat product.
 //! - `trace:FILE`: the Azure LLM trace CSV (see [`super::trace`]): arrivals and lengths replayed.
+//!   `--rate R` rescales time so the replayed records arrive at a mean of R a second: with
+//!   `--requests N`, the mean of the first N records (the ones replayed), else of the whole trace;
+//!   `--duration` then cuts the rescaled replay.
 //!
 //! Multi-turn sessions are closed-loop *inside* a session (a user reads the answer, thinks, then types
 //! the next turn: the next turn is sent `think_time` after the previous one finished) and open-loop
@@ -346,7 +349,11 @@ pub fn trace_plan(
     let scale = match rate {
         None => 1.0,
         Some(r) if r.is_finite() && r > 0.0 => {
-            let native = trace::native_rate(records).ok_or_else(|| {
+            // The mean rate of what will be replayed, so the run sees R a second on average.
+            let n = bound
+                .requests
+                .map_or(records.len(), |n| records.len().min(n as usize));
+            let native = trace::native_rate(&records[..n]).ok_or_else(|| {
                 WorkloadError::Conflict(
                     "--rate cannot rescale a trace with a single instant".into(),
                 )
@@ -552,6 +559,13 @@ mod tests {
             trace_plan(&records, None, two, 0).unwrap().arrivals.len(),
             2
         );
+        // The first three records arrive at 1/s; rescaled to 2/s they come every half second.
+        let three = Bound {
+            duration: None,
+            requests: Some(3),
+        };
+        let plan = trace_plan(&records, Some(2.0), three, 0).unwrap();
+        assert_eq!(plan.arrivals, [0, 500, 1000].map(Duration::from_millis));
     }
 
     #[test]
