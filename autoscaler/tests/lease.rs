@@ -89,6 +89,11 @@ async fn one_leader_at_a_time_and_takeover_after_the_leader_stops_renewing() {
         fake.resource_version() >= renewals_from + 5
     })
     .await;
+    // On a loaded machine a renewal can miss its deadline; wait for a settled leader before picking.
+    until_never_both("exactly one leader", &a, Some(&b), || {
+        a.is_leader() != b.is_leader()
+    })
+    .await;
     let (leader, follower, follower_id) = if a.is_leader() {
         (a, b, "b")
     } else {
