@@ -323,7 +323,9 @@ impl Client {
         if timed_out {
             ex.outcome = Outcome::Timeout;
         }
-        ex.e2e = start.elapsed();
+        if timed_out || ex.e2e.is_zero() {
+            ex.e2e = start.elapsed();
+        }
         ex
     }
 
@@ -373,7 +375,9 @@ impl Client {
         }
         let mut parser = SseParser::new();
         let mut events = Vec::new();
-        let mut done = false;
+        // When `[DONE]` arrived: the end of the answer as the user sees it, even if the server is
+        // slow to close the body (which we still read to its end, so the connection is reused).
+        let mut done: Option<Duration> = None;
         loop {
             let frame = match body.frame().await {
                 None => break,
@@ -397,11 +401,13 @@ impl Client {
         if apply_events(&mut events, start.elapsed(), ex, &mut done) {
             return;
         }
-        ex.outcome = if done {
-            Outcome::Ok
-        } else {
-            Outcome::Truncated
-        };
+        match done {
+            Some(at) => {
+                ex.outcome = Outcome::Ok;
+                ex.e2e = at;
+            }
+            None => ex.outcome = Outcome::Truncated,
+        }
     }
 }
 
@@ -410,7 +416,7 @@ fn apply_events(
     events: &mut Vec<sse::SseEvent>,
     at: Duration,
     ex: &mut Exchange,
-    done: &mut bool,
+    done: &mut Option<Duration>,
 ) -> bool {
     for ev in events.drain(..) {
         let info = sse::interpret(&ev);
@@ -429,7 +435,9 @@ fn apply_events(
         if info.usage.is_some() {
             ex.usage = info.usage;
         }
-        *done |= info.done;
+        if info.done && done.is_none() {
+            *done = Some(at);
+        }
     }
     false
 }

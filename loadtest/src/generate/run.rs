@@ -49,7 +49,8 @@ pub struct RunConfig {
     pub ignore_eos: bool,
     /// Extra request headers.
     pub headers: Vec<(String, String)>,
-    /// Per-request deadline (default 60 s).
+    /// Per-request deadline, headers to last byte (default 300 s: a 4,096-token answer at 50 ms a
+    /// token takes over 200 s, and a load test must not cut off the answers it measures).
     pub timeout: Duration,
     /// What to ask for.
     pub workload: WorkloadSpec,
@@ -90,7 +91,7 @@ impl RunConfig {
             max_tokens: None,
             ignore_eos: true,
             headers: Vec::new(),
-            timeout: Duration::from_secs(60),
+            timeout: Duration::from_secs(300),
             workload,
             arrival: None,
             rate: None,
