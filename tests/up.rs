@@ -48,9 +48,14 @@ async fn a_burst_scales_up_in_one_decision_and_the_pool_drains_back_to_min_witho
     ]);
     let (api, autoscaler) = (proc.url("gateway"), proc.url("autoscaler"));
     let http = client();
-    wait_for(&http, &autoscaler, POOL, Duration::from_secs(30), "one ready pod", |m| {
-        m.ready == 1.0
-    })
+    wait_for(
+        &http,
+        &autoscaler,
+        POOL,
+        Duration::from_secs(30),
+        "one ready pod",
+        |m| m.ready == 1.0,
+    )
     .await;
 
     // 16 long requests at once on one pod that runs 2 at a time.
@@ -60,9 +65,14 @@ async fn a_burst_scales_up_in_one_decision_and_the_pool_drains_back_to_min_witho
             tokio::spawn(async move { chat(&http, &api, MODEL, 300).await })
         })
         .collect();
-    let m = wait_for(&http, &autoscaler, POOL, Duration::from_secs(20), "4 pods", |m| {
-        m.current == 4.0
-    })
+    let m = wait_for(
+        &http,
+        &autoscaler,
+        POOL,
+        Duration::from_secs(20),
+        "4 pods",
+        |m| m.current == 4.0,
+    )
     .await;
     assert_eq!(m.ups(), 1.0, "1 -> 4 in a single decision: {m:?}");
 
@@ -73,9 +83,14 @@ async fn a_burst_scales_up_in_one_decision_and_the_pool_drains_back_to_min_witho
     for request in burst {
         assert_eq!(request.await.unwrap(), Ok(200));
     }
-    let m = wait_for(&http, &autoscaler, POOL, Duration::from_secs(60), "back to 1 pod", |m| {
-        m.current == 1.0 && m.ready == 1.0
-    })
+    let m = wait_for(
+        &http,
+        &autoscaler,
+        POOL,
+        Duration::from_secs(60),
+        "back to 1 pod",
+        |m| m.current == 1.0 && m.ready == 1.0,
+    )
     .await;
     stop.set();
     let statuses = steady.await.unwrap();
@@ -105,9 +120,14 @@ async fn from_zero_the_first_request_is_held_wakes_the_pool_and_succeeds() {
     let (api, autoscaler) = (proc.url("gateway"), proc.url("autoscaler"));
     let http = client();
     // Give the autoscaler a few decisions: at min 0 with nothing held it stays at zero.
-    wait_for(&http, &autoscaler, POOL, Duration::from_secs(10), "decisions at zero", |m| {
-        m.decisions("hold_stable") >= 3.0
-    })
+    wait_for(
+        &http,
+        &autoscaler,
+        POOL,
+        Duration::from_secs(10),
+        "decisions at zero",
+        |m| m.decisions("hold_stable") >= 3.0,
+    )
     .await;
     let m = pool_metrics(&http, &autoscaler, POOL).await;
     assert_eq!((m.current, m.ready), (0.0, 0.0), "{m:?}");
@@ -122,9 +142,14 @@ async fn from_zero_the_first_request_is_held_wakes_the_pool_and_succeeds() {
     assert_eq!(m.decisions("wake_from_zero"), 1.0, "{m:?}");
 
     // Idle again: back to zero after the idle window.
-    let m = wait_for(&http, &autoscaler, POOL, Duration::from_secs(30), "back to zero", |m| {
-        m.current == 0.0
-    })
+    let m = wait_for(
+        &http,
+        &autoscaler,
+        POOL,
+        Duration::from_secs(30),
+        "back to zero",
+        |m| m.current == 0.0,
+    )
     .await;
     assert_eq!(m.decisions("scale_to_zero"), 1.0, "{m:?}");
 }
@@ -145,9 +170,14 @@ async fn steady_load_does_not_flap() {
     ]);
     let (api, autoscaler) = (proc.url("gateway"), proc.url("autoscaler"));
     let http = client();
-    wait_for(&http, &autoscaler, POOL, Duration::from_secs(30), "one ready pod", |m| {
-        m.ready == 1.0
-    })
+    wait_for(
+        &http,
+        &autoscaler,
+        POOL,
+        Duration::from_secs(30),
+        "one ready pod",
+        |m| m.ready == 1.0,
+    )
     .await;
     // Three clients back to back: 3 requests in flight, against pods of 2 slots.
     let stop = Stop::default();
@@ -164,7 +194,10 @@ async fn steady_load_does_not_flap() {
     for c in clients {
         assert!(c.await.unwrap().iter().all(|s| *s == 200));
     }
-    assert!(settled.current >= 2.0, "3 in flight need 2 pods: {settled:?}");
+    assert!(
+        settled.current >= 2.0,
+        "3 in flight need 2 pods: {settled:?}"
+    );
     assert_eq!(
         after.changes(),
         settled.changes(),
@@ -177,9 +210,14 @@ async fn sigterm_stops_everything_and_leaves_no_process() {
     let mut proc = up(&["--min", "2", "--max", "2", "--cold-start", "200ms"]);
     let autoscaler = proc.url("autoscaler");
     let http = client();
-    wait_for(&http, &autoscaler, POOL, Duration::from_secs(30), "two ready pods", |m| {
-        m.ready == 2.0
-    })
+    wait_for(
+        &http,
+        &autoscaler,
+        POOL,
+        Duration::from_secs(30),
+        "two ready pods",
+        |m| m.ready == 2.0,
+    )
     .await;
     let pods: Vec<u32> = children_of(proc.child.id())
         .into_iter()
@@ -187,7 +225,9 @@ async fn sigterm_stops_everything_and_leaves_no_process() {
         .collect();
     assert_eq!(pods.len(), 2, "two `infergate sim` children");
 
-    let status = proc.terminate(Duration::from_secs(30)).expect("exits after SIGTERM");
+    let status = proc
+        .terminate(Duration::from_secs(30))
+        .expect("exits after SIGTERM");
     assert!(status.success(), "{status:?}");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while pods.iter().any(|p| alive(*p)) && std::time::Instant::now() < deadline {

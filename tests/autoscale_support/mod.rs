@@ -51,7 +51,12 @@ pub async fn get(client: &HttpClient, url: &str) -> Result<(u16, String), String
 }
 
 /// One non-streaming chat completion of exactly `tokens` output tokens; the status.
-pub async fn chat(client: &HttpClient, base: &str, model: &str, tokens: u32) -> Result<u16, String> {
+pub async fn chat(
+    client: &HttpClient,
+    base: &str,
+    model: &str,
+    tokens: u32,
+) -> Result<u16, String> {
     let body = format!(
         r#"{{"model":"{model}","messages":[{{"role":"user","content":"Tell me a story"}}],"max_tokens":{tokens},"ignore_eos":true}}"#
     );
@@ -120,7 +125,10 @@ pub async fn pool_metrics(client: &HttpClient, autoscaler: &str, pool: &str) -> 
     for line in page.lines() {
         if let Some(rest) = line.strip_prefix("infergate_autoscaler_decisions_total{")
             && rest.contains(&format!("pool=\"{pool}\""))
-            && let Some(reason) = rest.split("reason=\"").nth(1).and_then(|r| r.split('"').next())
+            && let Some(reason) = rest
+                .split("reason=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
             && let Some(v) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok())
         {
             decisions.insert(reason.to_string(), v);

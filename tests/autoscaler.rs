@@ -1,0 +1,182 @@
+//! `infergate autoscaler --actuator local` end to end: the standalone autoscaler with its own
+//! simulated pods, reading the pods' `/metrics` only (no gateway). Load goes straight to the pod
+//! found in `/debug/pools`.
+
+mod autoscale_support;
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use autoscale_support::*;
+use common::Proc;
+
+const MODEL: &str = "sim-llama-3-8b";
+const POOL: &str = "sim";
+
+/// A config file in a fresh temp path (removed on drop).
+struct ConfigFile(PathBuf);
+
+impl ConfigFile {
+    fn new(tag: &str, text: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "infergate-autoscaler-{tag}-{}.yaml",
+            std::process::id()
+        ));
+        std::fs::write(&path, text).expect("write config");
+        ConfigFile(path)
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+const CONFIG: &str = r#"
+autoscaler:
+  interval: 200ms
+  signals: { pods: true, stale_after: 3s }
+  leader_election: { enabled: false }
+pools:
+  - name: sim
+    models: [sim-llama-3-8b]
+    flavor: vllm
+    discovery: { static: { endpoints: [] } }
+    autoscaling:
+      min_replicas: 1
+      max_replicas: 3
+      targets: { running_per_replica: 1.5 }
+      scale_down: { stabilization_window: 2s, period: 500ms }
+"#;
+
+fn autoscaler(config: &ConfigFile, extra: &[&str]) -> Proc {
+    let path = config.0.to_str().expect("utf-8 temp path");
+    let mut args = vec![
+        "autoscaler",
+        "--config",
+        path,
+        "--actuator",
+        "local",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--cold-start",
+        "300ms",
+        "--sim-args",
+        "--max-num-seqs 2",
+    ];
+    args.extend_from_slice(extra);
+    Proc::spawn(&args, &["autoscaler"])
+}
+
+/// The URL of the pool's one ready pod, from `/debug/pools`.
+async fn ready_pod(http: &HttpClient, autoscaler: &str) -> String {
+    let (_, body) = get(http, &format!("{autoscaler}/debug/pools"))
+        .await
+        .unwrap();
+    let pools: serde_json::Value = serde_json::from_str(&body).unwrap();
+    pools[POOL]["pods"]
+        .as_array()
+        .and_then(|pods| pods.iter().find(|p| p["phase"] == "ready"))
+        .and_then(|p| p["url"].as_str())
+        .map(String::from)
+        .unwrap_or_else(|| panic!("no ready pod in {pools}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn local_actuator_scales_a_burst_up_at_once_and_back_down_after_the_window() {
+    let config = ConfigFile::new("burst", CONFIG);
+    let mut proc = autoscaler(&config, &[]);
+    let url = proc.url("autoscaler");
+    let http = client();
+    wait_for(
+        &http,
+        &url,
+        POOL,
+        Duration::from_secs(30),
+        "one ready pod",
+        |m| m.ready == 1.0,
+    )
+    .await;
+    let pod = ready_pod(&http, &url).await;
+
+    let burst: Vec<_> = (0..10)
+        .map(|_| {
+            let (http, pod) = (http.clone(), pod.clone());
+            tokio::spawn(async move { chat(&http, &pod, MODEL, 200).await })
+        })
+        .collect();
+    let m = wait_for(
+        &http,
+        &url,
+        POOL,
+        Duration::from_secs(20),
+        "3 ready pods",
+        |m| m.ready == 3.0,
+    )
+    .await;
+    assert_eq!(m.ups(), 1.0, "1 -> 3 in one decision: {m:?}");
+    for request in burst {
+        assert_eq!(request.await.unwrap(), Ok(200));
+    }
+    let m = wait_for(
+        &http,
+        &url,
+        POOL,
+        Duration::from_secs(30),
+        "back to 1",
+        |m| m.current == 1.0,
+    )
+    .await;
+    assert_eq!(m.decisions("scale_down"), 2.0, "one pod at a time: {m:?}");
+
+    let pods: Vec<u32> = children_of(proc.child.id());
+    assert!(!pods.is_empty());
+    let status = proc
+        .terminate(Duration::from_secs(30))
+        .expect("exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while pods.iter().any(|p| alive(*p)) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(pods.iter().all(|p| !alive(*p)), "children left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dry_run_decides_but_does_not_scale() {
+    let config = ConfigFile::new("dry", CONFIG);
+    let proc = autoscaler(&config, &["--dry-run"]);
+    let url = proc.url("autoscaler");
+    let http = client();
+    // Not even the first pod is started: a dry run writes nothing.
+    let m = wait_for(
+        &http,
+        &url,
+        POOL,
+        Duration::from_secs(10),
+        "a few decisions",
+        |m| m.decisions("clamp_min") >= 5.0,
+    )
+    .await;
+    assert_eq!((m.desired, m.current), (1.0, 0.0), "{m:?}");
+    let (status, _) = get(&http, &format!("{url}/healthz")).await.unwrap();
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn a_config_without_autoscaled_pools_is_refused() {
+    let config = ConfigFile::new(
+        "none",
+        "pools:\n  - {name: p, models: [m], discovery: {static: {endpoints: []}}}\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_infergate"))
+        .args(["autoscaler", "--config", config.0.to_str().unwrap()])
+        .args(["--actuator", "local", "--admin-listen", "127.0.0.1:0"])
+        .output()
+        .expect("run infergate");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nothing to scale"), "{stderr}");
+}
