@@ -329,6 +329,10 @@ fn rbac_grants_exactly_what_the_code_calls() {
                 &["--set", "autoscaler.config.signals.pods=false"][..],
             ),
             (
+                chart().join("ci/scale-to-zero-values.yaml"),
+                &["--set", "autoscaler.enabled=false"][..],
+            ),
+            (
                 two_pools.clone(),
                 &["--set", "autoscaler.enabled=false"][..],
             ),

@@ -120,6 +120,20 @@ impl Drop for TempDir {
     }
 }
 
+/// An `infergate` process stopped with SIGTERM on drop (also when the test panics), so that the
+/// autoscaler's local actuator stops the `infergate sim` processes it started instead of leaving
+/// them behind after a SIGKILL.
+struct Terminated(Proc);
+
+impl Drop for Terminated {
+    fn drop(&mut self) {
+        // Only while it runs: a reaped pid could be reused by another process.
+        if matches!(self.0.child.try_wait(), Ok(None)) {
+            let _ = self.0.terminate(Duration::from_secs(30));
+        }
+    }
+}
+
 /// A child process killed on drop.
 struct Killed(Child);
 
@@ -238,7 +252,6 @@ fn sample_value(sample: &Value) -> f64 {
 }
 
 #[test]
-#[ignore = "waits for the `infergate gateway` and `infergate autoscaler` subcommands"]
 fn prometheus_scrapes_gateway_and_autoscaler_with_the_charts_scrape_config() {
     let Some(helm) = helm::require(".tools/bin/helm", "helm") else {
         return;
@@ -265,27 +278,42 @@ fn prometheus_scrapes_gateway_and_autoscaler_with_the_charts_scrape_config() {
     );
     let dir = TempDir::new("prom");
     let config_path = dir.0.join("config.yaml");
+    // Pool `sim` is the gateway's (a static endpoint); pool `local` is the autoscaler's, whose local
+    // actuator keeps one `infergate sim` process running, so it has decisions to export.
     let config = format!(
         "gateway:\n  listen: 127.0.0.1:0\n  admin_listen: 127.0.0.1:0\n\
-         autoscaler:\n  admin_listen: 127.0.0.1:0\n  leader_election: {{ enabled: false }}\n\
+         autoscaler:\n  admin_listen: 127.0.0.1:0\n  interval: 200ms\n  leader_election: {{ enabled: false }}\n\
          pools:\n  - name: sim\n    models: [{MODEL}]\n    flavor: vllm\n    \
-         discovery: {{ static: {{ endpoints: [\"{}\"] }} }}\n",
+         discovery: {{ static: {{ endpoints: [\"{}\"] }} }}\n  \
+         - name: local\n    models: [local-model]\n    flavor: vllm\n    \
+         discovery: {{ static: {{ endpoints: [] }} }}\n    \
+         autoscaling: {{ min_replicas: 1, max_replicas: 1 }}\n",
         sim.url("sim")
     );
     std::fs::write(&config_path, &config).expect("write config");
     let config_arg = config_path.to_str().expect("utf-8 path");
     let gateway = Proc::spawn(&["gateway", "--config", config_arg], &["gateway", "admin"]);
-    let autoscaler = Proc::spawn(
-        &["autoscaler", "--config", config_arg, "--actuator", "local"],
+    let mut autoscaler = Terminated(Proc::spawn(
+        &[
+            "autoscaler",
+            "--config",
+            config_arg,
+            "--actuator",
+            "local",
+            "--cold-start",
+            "0s",
+            "--sim-args",
+            "--speed 20",
+        ],
         &["autoscaler"],
-    );
+    ));
 
     // The chart's scrape jobs, aimed at the listeners that serve the config's admin_listen.
     let mut scrape = String::from("scrape_configs:\n");
     for job in &jobs {
         let target = match job.component {
             "gateway" => gateway.addr("admin"),
-            _ => autoscaler.addr("autoscaler"),
+            _ => autoscaler.0.addr("autoscaler"),
         };
         scrape.push_str(&format!(
             "  - job_name: infergate-{}\n    metrics_path: {}\n    scrape_interval: {}\n    \
@@ -322,6 +350,19 @@ fn prometheus_scrapes_gateway_and_autoscaler_with_the_charts_scrape_config() {
                 .map(|_| ())
         });
     }
+    let desired = poll(
+        Duration::from_secs(30),
+        "infergate_autoscaler_desired_replicas{pool=\"local\"}",
+        || {
+            query(
+                prom,
+                "infergate_autoscaler_desired_replicas{pool=\"local\"}",
+            )
+            .first()
+            .map(sample_value)
+        },
+    );
+    assert_eq!(desired, 1.0, "min_replicas = max_replicas = 1");
     let autoscaler_series = poll(
         Duration::from_secs(30),
         "infergate_ series from the autoscaler",
@@ -357,4 +398,14 @@ fn prometheus_scrapes_gateway_and_autoscaler_with_the_charts_scrape_config() {
         "sum(infergate_requests_total{status=\"200\", pool=\"sim\"})",
     );
     assert_eq!(ok.first().map(sample_value), Some(5.0), "{ok:?}");
+    eprintln!(
+        "prometheus at {prom}: infergate_requests_total = {total}, {autoscaler_series} autoscaler series"
+    );
+
+    // SIGTERM, so the local actuator stops the sim process it started.
+    let status = autoscaler.0.terminate(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "autoscaler exit: {status:?}"
+    );
 }

@@ -41,29 +41,32 @@ pub fn expected_grants(config: &Config, autoscaler: bool) -> BTreeMap<(String, S
         .or_default()
         .extend(rows);
     };
-    let mut components = vec!["gateway"];
-    if autoscaler {
-        components.push("autoscaler");
+    // The gateway watches every pool's discovery source (gateway/src/server.rs).
+    for pool in &config.pools {
+        match &pool.discovery {
+            Discovery::Kubernetes(k) => add(
+                "gateway",
+                k.namespace.as_deref(),
+                rows!(kubernetes::API_CALLS),
+            ),
+            Discovery::InferencePool(p) => add(
+                "gateway",
+                p.namespace.as_deref(),
+                rows!(inference_pool::API_CALLS),
+            ),
+            Discovery::Static { .. } => {}
+        }
     }
-    for component in components {
-        for pool in &config.pools {
-            if component == "autoscaler"
-                && (pool.autoscaling.is_none() || !config.autoscaler.signals.pods)
-            {
-                continue;
-            }
-            match &pool.discovery {
-                Discovery::Kubernetes(k) => add(
-                    component,
+    // The autoscaler watches the EndpointSlices of each pool it scales
+    // (autoscaler/src/actuate/kube_pools.rs: `connect`); it has no InferencePool source.
+    if autoscaler {
+        for pool in config.pools.iter().filter(|p| p.autoscaling.is_some()) {
+            if let Discovery::Kubernetes(k) = &pool.discovery {
+                add(
+                    "autoscaler",
                     k.namespace.as_deref(),
                     rows!(kubernetes::API_CALLS),
-                ),
-                Discovery::InferencePool(p) => add(
-                    component,
-                    p.namespace.as_deref(),
-                    rows!(inference_pool::API_CALLS),
-                ),
-                Discovery::Static { .. } => {}
+                );
             }
         }
     }
