@@ -3,7 +3,9 @@
 # Stage 1 builds with the lockfile as committed; stage 2 is distroless (glibc and CA certificates,
 # no shell, no package manager). TLS is rustls, so no OpenSSL is needed at run time.
 
-FROM rust:1.89-bookworm AS build
+# The toolchain CI compiles with (rust-version in Cargo.toml is the floor, 1.89). Bookworm, so the
+# binary links against the same glibc (2.36) as the distroless runtime.
+FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bin infergate \
