@@ -203,6 +203,14 @@ async fn dispatch<C: Capacity>(inner: Arc<Inner<C>>, cancel: CancellationToken) 
         changed.as_mut().enable();
         arrived.as_mut().enable();
         admit_heads(&inner);
+        if inner.queue.lock().is_empty() {
+            // Nobody waits: sleep until someone does (no tick while idle).
+            tokio::select! {
+                _ = arrived => {}
+                _ = cancel.cancelled() => break,
+            }
+            continue;
+        }
         tokio::select! {
             _ = changed => {}
             _ = arrived => {}
