@@ -21,6 +21,7 @@ fn fast_retry() -> RetryPolicy {
         max_attempts: 5,
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(50),
+        attempt_timeout: Duration::from_secs(10),
     }
 }
 
@@ -223,6 +224,7 @@ async fn an_outage_is_retried_until_the_apiserver_returns() {
         max_attempts: 50,
         initial_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(50),
+        attempt_timeout: Duration::from_secs(10),
     });
     fake.set_outage(true);
     let patch = tokio::spawn(async move {
@@ -338,6 +340,35 @@ async fn writes_are_refused_while_not_leader() {
     assert!(matches!(err, KubeActuatorError::NotLeader { .. }));
     assert!(fake.requests().is_empty());
     leader_tx.send_replace(true);
+    scaler
+        .patch_scale(ScaleKind::Deployment, "ns", "vllm", 3)
+        .await
+        .unwrap();
+    assert_eq!(spec_replicas(&fake), 3);
+}
+
+#[tokio::test]
+async fn a_hung_apiserver_times_out_instead_of_stalling() {
+    let (fake, scaler) = setup().await;
+    let scaler = scaler.with_retry(RetryPolicy {
+        max_attempts: 2,
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(10),
+        attempt_timeout: Duration::from_millis(200),
+    });
+    fake.set_hang(true);
+    let err = tokio::time::timeout(
+        Duration::from_secs(20),
+        scaler.patch_scale(ScaleKind::Deployment, "ns", "vllm", 3),
+    )
+    .await
+    .expect("the scaler gave up by itself")
+    .unwrap_err();
+    assert!(
+        matches!(err, KubeActuatorError::TimedOut { attempts: 2, .. }),
+        "{err}"
+    );
+    fake.set_hang(false);
     scaler
         .patch_scale(ScaleKind::Deployment, "ns", "vllm", 3)
         .await

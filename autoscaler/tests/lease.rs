@@ -162,6 +162,15 @@ async fn a_leader_that_cannot_renew_steps_down_and_recovers() {
     .await;
     until_never_both("a leads after the conflict", &a, None, || a.is_leader()).await;
 
+    // The apiserver hangs (requests accepted, never answered): a still steps down at its deadline.
+    fake.set_hang(true);
+    until_never_both("a steps down while the apiserver hangs", &a, None, || {
+        !a.is_leader()
+    })
+    .await;
+    fake.set_hang(false);
+    until_never_both("a leads after the hang", &a, None, || a.is_leader()).await;
+
     // The apiserver goes away: a stops writing once its renew deadline passes.
     fake.set_outage(true);
     until_never_both("a steps down", &a, None, || !a.is_leader()).await;

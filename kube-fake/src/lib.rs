@@ -90,6 +90,8 @@ pub(crate) struct Shared {
     faults: Mutex<Vec<Fault>>,
     pub(crate) log: Mutex<Vec<RequestRecord>>,
     pub(crate) outage: AtomicBool,
+    /// While true, new requests are held unanswered (a hung apiserver).
+    pub(crate) hang: tokio::sync::watch::Sender<bool>,
     /// Bumped to end every open watch stream (an apiserver restart, as watchers see it).
     pub(crate) watch_epoch: tokio::sync::watch::Sender<u64>,
     pub(crate) open_watches: AtomicUsize,
@@ -161,6 +163,7 @@ impl FakeApiBuilder {
             faults: Mutex::new(Vec::new()),
             log: Mutex::new(Vec::new()),
             outage: AtomicBool::new(false),
+            hang: tokio::sync::watch::channel(false).0,
             watch_epoch,
             open_watches: AtomicUsize::new(0),
             bookmarks_sent: AtomicUsize::new(0),
@@ -387,6 +390,12 @@ impl FakeApi {
         if on {
             self.close_watches();
         }
+    }
+
+    /// Starts or ends a hang: while on, every new request is accepted and held without an answer
+    /// until the hang ends (open watches are not affected). Tests timeouts on a stuck apiserver.
+    pub fn set_hang(&self, on: bool) {
+        self.shared.hang.send_replace(on);
     }
 
     /// Ends every open watch stream cleanly (clients re-watch from their last resourceVersion).

@@ -67,6 +67,11 @@ pub(crate) async fn handle(
             "fake apiserver outage",
         ));
     }
+    let mut hang = shared.hang.subscribe();
+    if *hang.borrow_and_update() {
+        // Dropped senders cannot happen while the server runs; either way, stop waiting.
+        let _ = hang.wait_for(|on| !*on).await;
+    }
     let response = if let Some(code) = shared.take_fault(&method, &path) {
         error_response(&ApiError::new(
             code,

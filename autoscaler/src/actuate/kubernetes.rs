@@ -140,6 +140,15 @@ pub enum KubeActuatorError {
         #[source]
         source: kube::Error,
     },
+    /// Every attempt in the budget timed out (a hung apiserver, or kube's own client-side retries
+    /// of 503 outlasting the attempt timeout).
+    #[error("{what}: timed out {attempts} times")]
+    TimedOut {
+        /// The call and object.
+        what: String,
+        /// Attempts made.
+        attempts: u32,
+    },
     /// The requested value cannot be written (negative replicas).
     #[error("{what}: invalid request: {detail}")]
     Invalid {
@@ -165,6 +174,9 @@ pub struct RetryPolicy {
     pub initial_backoff: Duration,
     /// Cap on any one delay.
     pub max_backoff: Duration,
+    /// Cap on one attempt, so a hung apiserver cannot stall the control loop (a timed-out attempt
+    /// is retried like a transport error).
+    pub attempt_timeout: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -173,6 +185,7 @@ impl Default for RetryPolicy {
             max_attempts: 5,
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -445,7 +458,22 @@ impl KubeScaler {
         let max = self.retry.max_attempts.max(1);
         let mut attempt = 1;
         loop {
-            match call().await {
+            let result = match tokio::time::timeout(self.retry.attempt_timeout, call()).await {
+                Ok(result) => result,
+                Err(_) if attempt >= max => {
+                    return Err(KubeActuatorError::TimedOut {
+                        what: what.into(),
+                        attempts: attempt,
+                    });
+                }
+                Err(_) => {
+                    tracing::warn!(action = %what, attempt, "attempt timed out; retrying");
+                    tokio::time::sleep(self.retry.backoff(attempt)).await;
+                    attempt += 1;
+                    continue;
+                }
+            };
+            match result {
                 Ok(value) => return Ok(value),
                 Err(kube::Error::Api(status)) if status.code == 404 => {
                     return Err(KubeActuatorError::NotFound { what: what.into() });
@@ -514,6 +542,7 @@ mod tests {
             max_attempts: 10,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_millis(500),
+            ..RetryPolicy::default()
         };
         assert_eq!(p.backoff(1), Duration::from_millis(100));
         assert_eq!(p.backoff(2), Duration::from_millis(200));
