@@ -368,8 +368,15 @@ impl<A: Actuator> Loop<A> {
             })
             .inc();
         log_decision(&name, &rec, &signals, self.dry_run, leader);
-        if leader {
+        // Every replica keeps its windows warm (a standby that takes over must not start from an
+        // empty history); only changes actually applied count against the rate limits.
+        let applies = leader && !self.dry_run;
+        if applies {
             pool.state.record(&rec, now);
+        } else {
+            let mut unapplied = rec.clone();
+            unapplied.replicas = unapplied.from;
+            pool.state.record(&unapplied, now);
         }
         self.shared
             .pools

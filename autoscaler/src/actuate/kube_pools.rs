@@ -92,7 +92,11 @@ pub async fn connect(config: &Config, dry_run: bool) -> Result<KubernetesSetup, 
     let client = kube::Client::try_default()
         .await
         .map_err(|e| setup_error(e.to_string()))?;
-    let namespace = client.default_namespace().to_string();
+    // The chart sets POD_NAMESPACE (downward API); in a cluster it equals the service account's.
+    let namespace = std::env::var("POD_NAMESPACE")
+        .ok()
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or_else(|| client.default_namespace().to_string());
     let mut discovery = HashMap::new();
     for pool in config.pools.iter().filter(|p| p.autoscaling.is_some()) {
         if let Discovery::Kubernetes(k) = &pool.discovery {
@@ -173,7 +177,7 @@ impl Actuator for KubernetesActuator {
         Ok(PoolStatus {
             replicas: Replicas {
                 wanted,
-                ready: ready.min(wanted.max(ready)),
+                ready,
                 // Asked for and not ready yet: pending, pulling, loading weights.
                 starting: wanted.saturating_sub(ready),
             },
