@@ -7,10 +7,13 @@
 //!   and its ports agree with the containers', probes' and Services' ports.
 //! - The rendered Roles grant exactly the union of the code's `API_CALLS` tables for the features the
 //!   rendered configuration uses: nothing missing (the code would get 403), nothing extra.
+//! - The rendered command lines run the real binary (args parsed, config loaded), the dashboard
+//!   queries only metrics the code registers, and the pods are non-root and read-only.
 //!
 //! Tools and rendering helpers live in tests/helm/; without helm a test prints a note and passes,
 //! except under CI (env `CI` set), where it fails.
 
+mod common;
 mod helm;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -608,4 +611,129 @@ fn scale_targets_are_left_to_the_autoscaler() {
             .as_ref()
             .is_some_and(|t| t.kind == ScaleKind::Deployment)
     }));
+}
+
+/// The container's args as strings.
+fn args_of(deploy: &Value) -> Vec<String> {
+    deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("string arg").to_string())
+        .collect()
+}
+
+/// Runs the binary to its exit (bounded), with no way to reach a Kubernetes API: no kubeconfig, not
+/// in a cluster. Returns (exit code, stderr).
+fn run_without_cluster(args: &[String]) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_infergate"))
+        .args(args)
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn infergate");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        use std::io::Read;
+        let _ = err.read_to_string(&mut stderr);
+    }
+    (status.and_then(|s| s.code()), stderr)
+}
+
+/// The rendered command lines are the binary's: the gateway and the autoscaler parse their args,
+/// load the rendered config file and get as far as connecting to the Kubernetes API (which this
+/// machine has not); the simulator starts with its rendered args and answers `/health`.
+#[test]
+fn rendered_command_lines_run_the_real_binary() {
+    let Some(helm) = helm() else { return };
+    let objs = objects(&template(
+        &helm,
+        &chart().join("ci/simulator-values.yaml"),
+        &[],
+    ));
+    let cm = of_kind(&objs, "ConfigMap")
+        .find(|o| name(o) == "infergate-config")
+        .expect("config ConfigMap");
+    let dir = std::env::temp_dir().join(format!("infergate-chart-args-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config_path = dir.join("config.yaml");
+    std::fs::write(
+        &config_path,
+        cm["data"]["config.yaml"].as_str().expect("config"),
+    )
+    .expect("write config");
+    let mount = "/etc/infergate/config.yaml";
+    let local = |args: Vec<String>| -> Vec<String> {
+        args.into_iter()
+            .map(|a| {
+                if a == mount {
+                    config_path.display().to_string()
+                } else {
+                    a
+                }
+            })
+            .collect()
+    };
+
+    // Loopback listeners instead of the pod's 0.0.0.0 ports (flags that exist for this purpose).
+    let mut gateway = local(args_of(deployment(&objs, "gateway").expect("gateway")));
+    gateway.extend(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"].map(String::from));
+    let (code, stderr) = run_without_cluster(&gateway);
+    assert_eq!(code, Some(1), "gateway {gateway:?}:\n{stderr}");
+    assert!(
+        stderr.contains("Kubernetes"),
+        "gateway stopped before discovery:\n{stderr}"
+    );
+
+    let mut autoscaler = local(args_of(
+        deployment(&objs, "autoscaler").expect("autoscaler"),
+    ));
+    autoscaler.extend(["--admin-listen", "127.0.0.1:0"].map(String::from));
+    let (code, stderr) = run_without_cluster(&autoscaler);
+    assert_eq!(code, Some(1), "autoscaler {autoscaler:?}:\n{stderr}");
+    assert!(
+        stderr.contains("kubernetes actuator"),
+        "autoscaler:\n{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // The simulator: the rendered args with host and port moved to loopback.
+    let mut sim = args_of(deployment(&objs, "sim").expect("sim"));
+    for (flag, value) in [("--host", "127.0.0.1"), ("--port", "0")] {
+        let at = sim.iter().position(|a| a == flag).expect(flag);
+        sim[at + 1] = value.to_string();
+    }
+    let sim: Vec<&str> = sim.iter().map(String::as_str).collect();
+    let proc = common::Proc::spawn(&sim, &["sim"]);
+    let mut stream = std::net::TcpStream::connect(proc.addr("sim")).expect("connect to sim");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    use std::io::{Read, Write};
+    stream
+        .write_all(b"GET /health HTTP/1.0\r\nHost: sim\r\n\r\n")
+        .expect("send");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+        "{answer}"
+    );
 }
