@@ -29,6 +29,7 @@ pub mod selector;
 mod server;
 mod status;
 mod store;
+mod subresource;
 mod watch;
 
 pub use resource::{Gvr, ResourcePath};

@@ -25,9 +25,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, MicroTime, O
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::Selector;
 use serde_json::json;
-use std::future::Future;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 use tokio::sync::watch;
+
+mod retry;
+
+use retry::with_retries;
+pub use retry::{RetryPolicy, is_retryable};
 
 /// The field manager of every write, visible in the objects' `managedFields`.
 pub const FIELD_MANAGER: &str = "infergate-autoscaler";
@@ -165,51 +169,6 @@ pub enum KubeActuatorError {
     },
 }
 
-/// Capped exponential back-off for retryable failures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Attempts in all, the first included (at least 1).
-    pub max_attempts: u32,
-    /// Delay before the second attempt.
-    pub initial_backoff: Duration,
-    /// Cap on any one delay.
-    pub max_backoff: Duration,
-    /// Cap on one attempt, so a hung apiserver cannot stall the control loop (a timed-out attempt
-    /// is retried like a transport error).
-    pub attempt_timeout: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 5,
-            initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(5),
-            attempt_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The delay after failed attempt `attempt` (1-based): initial x 2^(attempt-1), capped.
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
-        self.initial_backoff
-            .saturating_mul(factor)
-            .min(self.max_backoff)
-    }
-}
-
-/// Whether an error is worth retrying: conflicts, throttling, server errors and transport failures
-/// are (they are about the moment, not the request); everything else is not.
-pub fn is_retryable(err: &kube::Error) -> bool {
-    match err {
-        kube::Error::Api(status) => status.code == 409 || status.code == 429 || status.code >= 500,
-        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
-        _ => false,
-    }
-}
-
 /// Deletion costs for a scale-down: pods ranked by load, the idlest lowest (removed first). Ties
 /// keep the input order. Returns `(pod, cost)` in the input order.
 pub fn deletion_costs(pods: &[(String, f64)]) -> Vec<(String, i32)> {
@@ -290,7 +249,7 @@ impl KubeScaler {
         match kind {
             ScaleKind::Deployment => {
                 let api: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
-                let d = self.with_retries(&what, || api.get(name)).await?;
+                let d = with_retries(&self.retry, &what, || api.get(name)).await?;
                 let spec = d.spec.unwrap_or_default();
                 let status = d.status.unwrap_or_default();
                 Ok(ScaleStatus {
@@ -302,7 +261,7 @@ impl KubeScaler {
             }
             ScaleKind::StatefulSet => {
                 let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), namespace);
-                let s = self.with_retries(&what, || api.get(name)).await?;
+                let s = with_retries(&self.retry, &what, || api.get(name)).await?;
                 let spec = s.spec.unwrap_or_default();
                 let status = s.status.unwrap_or_default();
                 Ok(ScaleStatus {
@@ -341,13 +300,17 @@ impl KubeScaler {
         match kind {
             ScaleKind::Deployment => {
                 let api: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
-                self.with_retries(&what, || api.patch_scale(name, &params, &patch))
-                    .await?;
+                with_retries(&self.retry, &what, || {
+                    api.patch_scale(name, &params, &patch)
+                })
+                .await?;
             }
             ScaleKind::StatefulSet => {
                 let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), namespace);
-                self.with_retries(&what, || api.patch_scale(name, &params, &patch))
-                    .await?;
+                with_retries(&self.retry, &what, || {
+                    api.patch_scale(name, &params, &patch)
+                })
+                .await?;
             }
         }
         tracing::info!(kind = kind_name(kind), %namespace, %name, replicas, "scaled");
@@ -373,8 +336,7 @@ impl KubeScaler {
         let patch = Patch::Merge(json!({
             "metadata": {"annotations": {DELETION_COST_ANNOTATION: cost.to_string()}}
         }));
-        self.with_retries(&what, || api.patch(pod, &params, &patch))
-            .await?;
+        with_retries(&self.retry, &what, || api.patch(pod, &params, &patch)).await?;
         Ok(WriteOutcome::Written)
     }
 
@@ -419,8 +381,7 @@ impl KubeScaler {
             field_manager: Some(FIELD_MANAGER.into()),
             ..PostParams::default()
         };
-        self.with_retries(&what, || api.create(&params, &event))
-            .await?;
+        with_retries(&self.retry, &what, || api.create(&params, &event)).await?;
         Ok(WriteOutcome::Written)
     }
 
@@ -447,58 +408,6 @@ impl KubeScaler {
             return Err(KubeActuatorError::NotLeader { what: what.into() });
         }
         Ok(false)
-    }
-
-    /// Runs `call` until it succeeds, fails for good, or the retry budget is spent.
-    async fn with_retries<T, F, Fut>(&self, what: &str, call: F) -> Result<T, KubeActuatorError>
-    where
-        F: Fn() -> Fut,
-        Fut: Future<Output = Result<T, kube::Error>>,
-    {
-        let max = self.retry.max_attempts.max(1);
-        let mut attempt = 1;
-        loop {
-            let result = match tokio::time::timeout(self.retry.attempt_timeout, call()).await {
-                Ok(result) => result,
-                Err(_) if attempt >= max => {
-                    return Err(KubeActuatorError::TimedOut {
-                        what: what.into(),
-                        attempts: attempt,
-                    });
-                }
-                Err(_) => {
-                    tracing::warn!(action = %what, attempt, "attempt timed out; retrying");
-                    tokio::time::sleep(self.retry.backoff(attempt)).await;
-                    attempt += 1;
-                    continue;
-                }
-            };
-            match result {
-                Ok(value) => return Ok(value),
-                Err(kube::Error::Api(status)) if status.code == 404 => {
-                    return Err(KubeActuatorError::NotFound { what: what.into() });
-                }
-                Err(err) if !is_retryable(&err) => {
-                    return Err(KubeActuatorError::Rejected {
-                        what: what.into(),
-                        source: err,
-                    });
-                }
-                Err(err) if attempt >= max => {
-                    return Err(KubeActuatorError::Exhausted {
-                        what: what.into(),
-                        attempts: attempt,
-                        source: err,
-                    });
-                }
-                Err(err) => {
-                    let delay = self.retry.backoff(attempt);
-                    tracing::warn!(action = %what, attempt, error = %err, ?delay, "retrying");
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
-            }
-        }
     }
 }
 
@@ -535,37 +444,6 @@ fn unique_suffix() -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let p = RetryPolicy {
-            max_attempts: 10,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_millis(500),
-            ..RetryPolicy::default()
-        };
-        assert_eq!(p.backoff(1), Duration::from_millis(100));
-        assert_eq!(p.backoff(2), Duration::from_millis(200));
-        assert_eq!(p.backoff(3), Duration::from_millis(400));
-        assert_eq!(p.backoff(4), Duration::from_millis(500));
-        assert_eq!(p.backoff(60), Duration::from_millis(500));
-    }
-
-    #[test]
-    fn which_errors_are_retried() {
-        let api = |code: u16| {
-            kube::Error::Api(Box::new(kube::core::Status {
-                code,
-                ..Default::default()
-            }))
-        };
-        for code in [409, 429, 500, 503, 504] {
-            assert!(is_retryable(&api(code)), "{code}");
-        }
-        for code in [400, 403, 404, 415, 422] {
-            assert!(!is_retryable(&api(code)), "{code}");
-        }
-    }
 
     #[test]
     fn idlest_pods_get_the_lowest_cost() {
