@@ -180,3 +180,156 @@ fn a_config_without_autoscaled_pools_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("nothing to scale"), "{stderr}");
 }
+
+/// The Kubernetes actuator end to end: the binary talks to a fake API server (over HTTP, through a
+/// kubeconfig), finds the pool's pod in an EndpointSlice, reads that pod's `/metrics` (a real
+/// `infergate sim`), wins the Lease, and patches the Deployment's scale with an Event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubernetes_actuator_scales_the_deployment_through_the_api() {
+    use infergate_kube_fake::{FakeApi, Gvr};
+    use serde_json::json;
+
+    let fake = FakeApi::start().await;
+    let sim = Proc::spawn(
+        &[
+            "sim",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--max-num-seqs",
+            "2",
+        ],
+        &["sim"],
+    );
+    let sim_addr = sim.addr("sim");
+    let deployments = Gvr::new("apps", "v1", "deployments");
+    fake.put_value(
+        &deployments,
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "vllm", "namespace": "ns"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "vllm"}},
+                     "template": {"metadata": {"labels": {"app": "vllm"}}}}
+        }),
+    );
+    fake.set_scale_status(&deployments, "ns", "vllm", 1, 1);
+    fake.put_value(
+        &Gvr::new("discovery.k8s.io", "v1", "endpointslices"),
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "vllm-x", "namespace": "ns",
+                         "labels": {"kubernetes.io/service-name": "vllm"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [sim_addr.ip().to_string()],
+                           "conditions": {"ready": true, "serving": true, "terminating": false},
+                           "targetRef": {"kind": "Pod", "name": "vllm-a", "namespace": "ns"}}],
+            "ports": [{"name": "http", "port": sim_addr.port(), "protocol": "TCP"}]
+        }),
+    );
+    fake.put_value(
+        &Gvr::new("", "v1", "pods"),
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "vllm-a", "namespace": "ns", "labels": {"app": "vllm"}}}),
+    );
+    let kubeconfig = ConfigFile::new(
+        "kubeconfig",
+        &format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"{}\"}}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context: {{cluster: fake, user: u, namespace: ns}}\ncurrent-context: c\n",
+            fake.url()
+        ),
+    );
+    let config = ConfigFile::new(
+        "kube",
+        r#"
+autoscaler:
+  interval: 200ms
+  signals: { pods: true, stale_after: 3s }
+  leader_election:
+    enabled: true
+    lease_duration: 2s
+    renew_deadline: 1s
+    retry_period: 200ms
+pools:
+  - name: sim
+    models: [sim-llama-3-8b]
+    flavor: vllm
+    discovery: { kubernetes: { service: vllm, port: http } }
+    autoscaling:
+      target: { kind: Deployment, name: vllm }
+      min_replicas: 1
+      max_replicas: 3
+      targets: { running_per_replica: 1.5 }
+"#,
+    );
+    let proc = spawn_with_env(
+        &[
+            "autoscaler",
+            "--config",
+            config.0.to_str().unwrap(),
+            "--actuator",
+            "kubernetes",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+        &[
+            ("KUBECONFIG", kubeconfig.0.to_str().unwrap()),
+            ("POD_NAME", "autoscaler-0"),
+        ],
+        &["autoscaler"],
+    );
+    let url = proc.url("autoscaler");
+    let http = client();
+    let (_, page) = get(&http, &format!("{url}/metrics")).await.unwrap();
+    assert!(page.contains("infergate_autoscaler_is_leader"), "{page}");
+    wait_for(
+        &http,
+        &url,
+        POOL,
+        Duration::from_secs(20),
+        "leader, reading the pod",
+        |m| m.ready == 1.0 && m.decisions("clamp_min") + m.decisions("hold_stable") >= 1.0,
+    )
+    .await;
+
+    let pod = format!("http://{sim_addr}");
+    let burst: Vec<_> = (0..10)
+        .map(|_| {
+            let (http, pod) = (http.clone(), pod.clone());
+            tokio::spawn(async move { chat(&http, &pod, MODEL, 200).await })
+        })
+        .collect();
+    let m = wait_for(
+        &http,
+        &url,
+        POOL,
+        Duration::from_secs(20),
+        "scaled to 3",
+        |m| m.current == 3.0,
+    )
+    .await;
+    assert_eq!(m.ups(), 1.0, "{m:?}");
+    let replicas = fake
+        .get_value(&deployments, "ns", "vllm")
+        .and_then(|d| d.pointer("/spec/replicas").and_then(|r| r.as_i64()));
+    assert_eq!(replicas, Some(3));
+    assert!(
+        fake.events().iter().any(|e| e["reason"] == "Rescaled"),
+        "{:?}",
+        fake.events()
+    );
+    let lease = fake
+        .get_value(
+            &Gvr::new("coordination.k8s.io", "v1", "leases"),
+            "ns",
+            "infergate-autoscaler",
+        )
+        .expect("the lease");
+    assert_eq!(
+        lease.pointer("/spec/holderIdentity"),
+        Some(&json!("autoscaler-0"))
+    );
+    for request in burst {
+        assert_eq!(request.await.unwrap(), Ok(200));
+    }
+}

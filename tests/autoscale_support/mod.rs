@@ -239,3 +239,45 @@ pub fn cmdline(pid: u32) -> String {
         })
         .unwrap_or_default()
 }
+
+/// Like [`crate::common::Proc::spawn`], with extra environment variables for the child.
+pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)], roles: &[&str]) -> crate::common::Proc {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_infergate"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn infergate");
+    let out = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut addrs = std::collections::HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while roles.iter().any(|r| !addrs.contains_key(*r)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("infergate {args:?} did not report {roles:?} (got {addrs:?})");
+        };
+        if let Some((role, addr)) = crate::common::parse_listening(&line) {
+            addrs.insert(role, addr);
+        }
+    }
+    crate::common::Proc {
+        child,
+        addrs,
+        stdout: rx,
+    }
+}
