@@ -270,3 +270,89 @@ async fn kube_runtime_watcher_with_list_watch_and_streaming_list() {
         assert_eq!(sent_initial, strategy == InitialListStrategy::StreamingList);
     }
 }
+
+#[tokio::test]
+async fn watcher_pages_through_a_large_list_and_watch_timeouts_end_streams() {
+    use kube::runtime::watcher::{self, Event};
+    let fake = FakeApi::start().await;
+    for i in 0..7 {
+        fake.put(&pod(&format!("p{i}"), "a"));
+    }
+    let pods: Api<Pod> = Api::namespaced(fake.client(), "ns");
+    let config = watcher::Config::default().page_size(3);
+    let mut events = watcher::watcher(pods.clone(), config).boxed();
+    let mut names = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("watcher event in time")
+            .unwrap()
+            .unwrap()
+        {
+            Event::Init => {}
+            Event::InitApply(p) => names.push(p.metadata.name.unwrap()),
+            Event::InitDone => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(names.len(), 7);
+    let pages = fake.requests().iter().filter(|r| r.verb == "list").count();
+    assert_eq!(pages, 3, "7 objects in pages of 3");
+
+    // timeoutSeconds ends the stream cleanly.
+    let mut stream = pods
+        .watch(
+            &WatchParams::default().timeout(1),
+            &fake.resource_version().to_string(),
+        )
+        .await
+        .unwrap()
+        .boxed();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(event) = stream.next().await {
+            assert!(matches!(event, Ok(WatchEvent::Bookmark(_))));
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the watch outlived its timeoutSeconds");
+}
+
+#[tokio::test]
+async fn objects_carry_server_set_metadata_and_delete_works() {
+    let fake = FakeApi::start().await;
+    let pods: Api<Pod> = Api::namespaced(fake.client(), "ns");
+    let created = pods
+        .create(&PostParams::default(), &pod("p", "a"))
+        .await
+        .unwrap();
+    let meta = &created.metadata;
+    assert!(meta.uid.as_deref().is_some_and(|u| u.len() == 36));
+    assert!(meta.creation_timestamp.is_some());
+    assert_eq!(meta.generation, Some(1));
+    let rv: u64 = meta.resource_version.as_deref().unwrap().parse().unwrap();
+    let patched = pods
+        .patch(
+            "p",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"x": "1"}}})),
+        )
+        .await
+        .unwrap();
+    let rv2: u64 = patched
+        .metadata
+        .resource_version
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(rv2 > rv);
+    assert_eq!(
+        patched.metadata.generation,
+        Some(1),
+        "metadata-only change keeps generation"
+    );
+    assert_eq!(patched.metadata.uid, created.metadata.uid);
+    pods.delete("p", &Default::default()).await.unwrap();
+    let (code, _) = api_code(pods.get("p").await.unwrap_err());
+    assert_eq!(code, 404);
+}
