@@ -8,24 +8,13 @@
 //! decisions are logged.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use infergate_config::{Config, Flavor};
 use infergate_gateway::discovery::EndpointSet;
 use parking_lot::Mutex;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -36,6 +25,13 @@ use crate::policy::{Mode, Reason, Recommendation, ScalerState};
 use crate::signals::Signals;
 use crate::signals::fetch::HttpClient;
 use crate::signals::reader::SignalsReader;
+use admin::{Shared, serve_admin, view};
+use metrics::{DecisionLabels, Metrics};
+
+mod admin;
+mod metrics;
+#[cfg(test)]
+mod tests;
 
 /// How the service is started.
 pub struct AutoscalerOptions {
@@ -92,133 +88,6 @@ impl AutoscalerHandle {
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PoolLabel {
-    pool: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DecisionLabels {
-    pool: String,
-    reason: &'static str,
-}
-
-/// The autoscaler's own metrics.
-struct Metrics {
-    registry: Registry,
-    desired: Family<PoolLabel, Gauge>,
-    current: Family<PoolLabel, Gauge>,
-    ready: Family<PoolLabel, Gauge>,
-    starting: Family<PoolLabel, Gauge>,
-    ratio: Family<PoolLabel, Gauge<f64, AtomicU64>>,
-    decisions: Family<DecisionLabels, Counter>,
-    panic: Family<PoolLabel, Gauge>,
-    errors: Family<PoolLabel, Counter>,
-    is_leader: Gauge,
-}
-
-impl Metrics {
-    fn new() -> Self {
-        let mut m = Metrics {
-            registry: Registry::default(),
-            desired: Family::default(),
-            current: Family::default(),
-            ready: Family::default(),
-            starting: Family::default(),
-            ratio: Family::default(),
-            decisions: Family::default(),
-            panic: Family::default(),
-            errors: Family::default(),
-            is_leader: Gauge::default(),
-        };
-        let r = &mut m.registry;
-        r.register(
-            "infergate_autoscaler_desired_replicas",
-            "Replicas the policy recommends for the pool",
-            m.desired.clone(),
-        );
-        r.register(
-            "infergate_autoscaler_current_replicas",
-            "Replicas asked for (ready and starting)",
-            m.current.clone(),
-        );
-        r.register(
-            "infergate_autoscaler_ready_replicas",
-            "Replicas serving",
-            m.ready.clone(),
-        );
-        r.register(
-            "infergate_autoscaler_starting_replicas",
-            "Replicas starting (capacity on its way)",
-            m.starting.clone(),
-        );
-        r.register(
-            "infergate_autoscaler_demand_ratio",
-            "The most loaded signal over its per-replica target (1 = at target)",
-            m.ratio.clone(),
-        );
-        r.register(
-            "infergate_autoscaler_decisions",
-            "Decisions by reason (one per pool per interval)",
-            m.decisions.clone(),
-        );
-        r.register(
-            "infergate_autoscaler_panic_mode",
-            "1 while the pool is in panic mode",
-            m.panic.clone(),
-        );
-        r.register(
-            "infergate_autoscaler_actuation_errors",
-            "Failed reads or writes of the pool's replicas",
-            m.errors.clone(),
-        );
-        r.register(
-            "infergate_autoscaler_is_leader",
-            "1 while this replica may write (always 1 without leader election)",
-            m.is_leader.clone(),
-        );
-        m
-    }
-
-    fn pool(&self, pool: &str) -> PoolLabel {
-        PoolLabel {
-            pool: pool.to_string(),
-        }
-    }
-
-    fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
-    }
-}
-
-/// What `/debug/pools` shows for one pool.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-struct PoolView {
-    wanted: u32,
-    ready: u32,
-    starting: u32,
-    desired: u32,
-    reason: String,
-    mode: String,
-    ratio: Option<f64>,
-    pods: Vec<PodView>,
-}
-
-#[derive(Clone, Debug, serde::Serialize)]
-struct PodView {
-    name: String,
-    url: Option<String>,
-    phase: &'static str,
-}
-
-struct Shared {
-    metrics: Metrics,
-    pools: Mutex<HashMap<String, PoolView>>,
-}
-
 /// Starts the loop and binds the admin port.
 pub async fn start<A: Actuator>(
     opts: AutoscalerOptions,
@@ -254,6 +123,18 @@ pub async fn start<A: Actuator>(
         metrics: Metrics::new(),
         pools: Mutex::new(HashMap::new()),
     });
+    // Every series exists from the start, so a dashboard shows zeros rather than gaps.
+    for pool in &pools {
+        let label = shared.metrics.pool(&pool.name);
+        let _ = shared.metrics.errors.get_or_create(&label);
+        let _ = shared.metrics.panic.get_or_create(&label);
+        for reason in Reason::ALL {
+            let _ = shared.metrics.decisions.get_or_create(&DecisionLabels {
+                pool: pool.name.clone(),
+                reason: reason.as_str(),
+            });
+        }
+    }
     let stop = CancellationToken::new();
     let admin = tokio::spawn(serve_admin(listener, shared.clone(), stop.clone()));
     let cfg = &opts.config.autoscaler;
@@ -448,74 +329,4 @@ fn log_decision(pool: &str, rec: &Recommendation, s: &Signals, dry_run: bool, le
     } else if rec.reason != Reason::HoldStable && rec.reason != Reason::ClampMin {
         tracing::debug!(pool, replicas = rec.replicas, reason = %rec.reason, mode, ratio, "holding");
     }
-}
-
-fn view(status: &PoolStatus, rec: &Recommendation) -> PoolView {
-    PoolView {
-        wanted: status.replicas.wanted,
-        ready: status.replicas.ready,
-        starting: status.replicas.starting,
-        desired: rec.replicas,
-        reason: rec.reason.as_str().to_string(),
-        mode: rec.mode.as_str().to_string(),
-        ratio: rec.evidence.ratio.filter(|r| r.is_finite()),
-        pods: status
-            .pods
-            .iter()
-            .map(|p| PodView {
-                name: p.name.clone(),
-                url: p.url.clone(),
-                phase: p.phase.as_str(),
-            })
-            .collect(),
-    }
-}
-
-async fn serve_admin(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::debug!("admin accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stop.cancelled() => return,
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(admin_route(&shared, req.uri().path())) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
-}
-
-fn admin_route(shared: &Shared, path: &str) -> hyper::Response<Full<Bytes>> {
-    let (status, content_type, body) = match path {
-        "/metrics" => (
-            200,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            shared.metrics.encode(),
-        ),
-        "/healthz" => (200, "text/plain", "ok\n".to_string()),
-        "/debug/pools" => {
-            let pools = shared.pools.lock().clone();
-            let body = serde_json::to_string_pretty(&pools).unwrap_or_else(|_| "{}".into());
-            (200, "application/json", body)
-        }
-        _ => (404, "text/plain", "not found\n".to_string()),
-    };
-    let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
-    if let Ok(v) = http::HeaderValue::from_str(content_type) {
-        response.headers_mut().insert(http::header::CONTENT_TYPE, v);
-    }
-    response
 }
