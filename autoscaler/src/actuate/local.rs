@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{ActuateError, Actuator, PodPhase, PodStatus, PoolStatus, choose_victims};
+use super::{ActuateError, Actuator, PodPhase, PodStatus, PoolStatus, honour_hint};
 use crate::signals::Replicas;
 use crate::signals::fetch::HttpClient;
 
@@ -268,25 +268,7 @@ impl Actuator for LocalActuator {
                     phase: p.phase,
                 })
                 .collect();
-            // The caller's choice first (it knows the loads), then ours for the rest.
-            let mut chosen: Vec<String> = victims
-                .iter()
-                .filter(|v| {
-                    status
-                        .iter()
-                        .any(|p| &p.name == *v && p.phase != PodPhase::Draining)
-                })
-                .take(count)
-                .cloned()
-                .collect();
-            for name in choose_victims(&status, &HashMap::new(), active) {
-                if chosen.len() == count {
-                    break;
-                }
-                if !chosen.contains(&name) {
-                    chosen.push(name);
-                }
-            }
+            let chosen = honour_hint(&status, victims, count);
             for pod in pods.iter_mut().filter(|p| chosen.contains(&p.name)) {
                 tracing::info!(pool = %pool.spec.pool, pod = %pod.name, from = pod.phase.as_str(), "stopping pod");
                 pod.phase = PodPhase::Draining;

@@ -127,6 +127,29 @@ pub fn choose_victims(
         .collect()
 }
 
+/// The `count` pods an actuator that can pick exactly removes: the caller's `hint` first (it knows
+/// the loads), skipping names that are unknown or already draining, then [`choose_victims`]'s order
+/// (starting pods, then newest) for the rest.
+pub fn honour_hint(pods: &[PodStatus], hint: &[String], count: usize) -> Vec<String> {
+    let mut chosen: Vec<String> = Vec::with_capacity(count);
+    let eligible = |name: &String| {
+        pods.iter()
+            .any(|p| &p.name == name && p.phase != PodPhase::Draining)
+    };
+    for name in hint
+        .iter()
+        .chain(choose_victims(pods, &HashMap::new(), pods.len()).iter())
+    {
+        if chosen.len() == count {
+            break;
+        }
+        if eligible(name) && !chosen.contains(name) {
+            chosen.push(name.clone());
+        }
+    }
+    chosen
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +183,24 @@ mod tests {
         assert_eq!(choose_victims(&pods, &loads, 1), ["c"]);
         assert_eq!(choose_victims(&pods, &loads, 3), ["c", "b", "a"]);
         assert_eq!(choose_victims(&pods, &loads, 9), ["c", "b", "a", "e"]);
+    }
+
+    #[test]
+    fn the_hint_comes_first_and_the_rest_is_filled_in() {
+        let pods = vec![
+            pod("a", PodPhase::Ready),
+            pod("b", PodPhase::Ready),
+            pod("c", PodPhase::Starting),
+            pod("d", PodPhase::Draining),
+        ];
+        let hint = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(honour_hint(&pods, &hint(&["a"]), 1), ["a"]);
+        // Unknown and draining names are skipped; the starting pod fills in, then the newest.
+        assert_eq!(
+            honour_hint(&pods, &hint(&["zz", "d", "a"]), 3),
+            ["a", "c", "b"]
+        );
+        assert_eq!(honour_hint(&pods, &[], 2), ["c", "b"]);
+        assert_eq!(honour_hint(&pods, &hint(&["a", "a"]), 5), ["a", "c", "b"]);
     }
 }
