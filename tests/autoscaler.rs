@@ -36,7 +36,7 @@ impl Drop for ConfigFile {
 
 const CONFIG: &str = r#"
 autoscaler:
-  interval: 200ms
+  interval: 500ms
   signals: { pods: true, stale_after: 3s }
   leader_election: { enabled: false }
 pools:
@@ -243,7 +243,7 @@ async fn kubernetes_actuator_scales_the_deployment_through_the_api() {
         "kube",
         r#"
 autoscaler:
-  interval: 200ms
+  interval: 500ms
   signals: { pods: true, stale_after: 3s }
   leader_election:
     enabled: true
