@@ -9,6 +9,7 @@ pub mod arrival;
 #[cfg(test)]
 mod canned;
 pub mod client;
+pub mod plot;
 pub mod progress;
 pub mod report;
 pub mod run;

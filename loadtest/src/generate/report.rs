@@ -116,6 +116,53 @@ pub struct RunReport {
     pub late_start_ms: Option<Summary>,
     /// Goodput.
     pub slo: SloReport,
+    /// Every request on the run's clock, for plots ([`super::plot`]); not written to JSON. Long runs
+    /// keep an evenly thinned sample of at most [`TIMELINE_CAP`] points.
+    #[serde(skip)]
+    pub timeline: Vec<TimelinePoint>,
+}
+
+/// Most points a report's timeline keeps.
+pub const TIMELINE_CAP: usize = 100_000;
+
+/// One request on the run's timeline.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimelinePoint {
+    /// When it was sent (or refused), in seconds from the start of the run.
+    pub sent_s: f64,
+    /// Its time to first token, if it got one.
+    pub ttft_ms: Option<f64>,
+    /// Whether it completed.
+    pub ok: bool,
+}
+
+/// A bounded, evenly thinned record of points: when full, every other point is dropped and only
+/// every `stride`-th later point is kept, so memory stays flat however long the run.
+struct Timeline {
+    points: Vec<TimelinePoint>,
+    stride: u64,
+    seen: u64,
+}
+
+impl Timeline {
+    fn push(&mut self, p: TimelinePoint) {
+        self.seen += 1;
+        if !(self.seen - 1).is_multiple_of(self.stride) {
+            return;
+        }
+        if self.points.len() >= TIMELINE_CAP {
+            let mut i = 0;
+            self.points.retain(|_| {
+                i += 1;
+                i % 2 == 1
+            });
+            self.stride *= 2;
+            if !(self.seen - 1).is_multiple_of(self.stride) {
+                return;
+            }
+        }
+        self.points.push(p);
+    }
 }
 
 impl RunReport {
@@ -164,6 +211,7 @@ pub struct Recorder {
     skipped_turns: u64,
     input_tokens: u64,
     output_tokens: u64,
+    timeline: Timeline,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -192,6 +240,11 @@ impl Recorder {
             skipped_turns: 0,
             input_tokens: 0,
             output_tokens: 0,
+            timeline: Timeline {
+                points: Vec::new(),
+                stride: 1,
+                seen: 0,
+            },
         }
     }
 
@@ -205,8 +258,13 @@ impl Recorder {
         self.skipped_turns += turns;
     }
 
-    /// Records a request that was never sent (in-flight cap reached).
-    pub fn record_overload(&mut self) {
+    /// Records a request that was never sent (in-flight cap reached) at `at` into the run.
+    pub fn record_overload(&mut self, at: Duration) {
+        self.timeline.push(TimelinePoint {
+            sent_s: at.as_secs_f64(),
+            ttft_ms: None,
+            ok: false,
+        });
         self.requests += 1;
         *self
             .statuses
@@ -214,8 +272,14 @@ impl Recorder {
             .or_default() += 1;
     }
 
-    /// Records a finished request; `planned_input` is the prompt length the plan asked for.
-    pub fn record(&mut self, ex: &Exchange, planned_input: u64) {
+    /// Records a finished request sent at `sent` into the run; `planned_input` is the prompt length
+    /// the plan asked for.
+    pub fn record(&mut self, ex: &Exchange, planned_input: u64, sent: Duration) {
+        self.timeline.push(TimelinePoint {
+            sent_s: sent.as_secs_f64(),
+            ttft_ms: ex.ttft.map(|t| t.as_secs_f64() * 1e3),
+            ok: ex.outcome == Outcome::Ok,
+        });
         self.requests += 1;
         *self.statuses.entry(ex.outcome.label()).or_default() += 1;
         if ex.outcome != Outcome::Ok {
@@ -306,6 +370,7 @@ impl Recorder {
                     0.0
                 },
             },
+            timeline: self.timeline.points,
         }
     }
 }
@@ -468,7 +533,7 @@ mod tests {
     fn percentiles_of_a_known_distribution() {
         let mut r = Recorder::new(Slo::default());
         for t in 1..=100 {
-            r.record(&ok(t, &[]), 5);
+            r.record(&ok(t, &[]), 5, ms(t));
         }
         let rep = r.finish(meta());
         let s = rep.ttft_ms.unwrap();
@@ -494,17 +559,17 @@ mod tests {
             itl: Some(ms(20)),
         };
         let mut r = Recorder::new(slo);
-        r.record(&ok(50, &[10, 10, 10]), 5); // good
-        r.record(&ok(150, &[10]), 5); // TTFT too slow
-        r.record(&ok(50, &[5, 60]), 5); // mean ITL 32.5 ms: too slow
-        r.record(&ok(50, &[1, 1, 100]), 5); // mean 34 ms: too slow despite small gaps
-        r.record(&ok(99, &[]), 5); // one token: ITL trivially met
+        r.record(&ok(50, &[10, 10, 10]), 5, ms(0)); // good
+        r.record(&ok(150, &[10]), 5, ms(0)); // TTFT too slow
+        r.record(&ok(50, &[5, 60]), 5, ms(0)); // mean ITL 32.5 ms: too slow
+        r.record(&ok(50, &[1, 1, 100]), 5, ms(0)); // mean 34 ms: too slow despite small gaps
+        r.record(&ok(99, &[]), 5, ms(0)); // one token: ITL trivially met
         let mut failed = ok(10, &[]);
         failed.outcome = Outcome::Http(503);
-        r.record(&failed, 5);
+        r.record(&failed, 5, ms(0));
         failed.outcome = Outcome::Timeout;
-        r.record(&failed, 5);
-        r.record_overload();
+        r.record(&failed, 5, ms(0));
+        r.record_overload(ms(0));
         r.record_lag(ms(2));
         r.record_lag(ms(4));
         let rep = r.finish(meta());
@@ -539,6 +604,40 @@ mod tests {
         assert!(table.contains("client-overload: 1"), "{table}");
         let json = serde_json::to_string(&rep).unwrap();
         let back: RunReport = serde_json::from_str(&json).unwrap();
-        assert_eq!(back, rep);
+        assert_eq!(back.timeline, vec![], "the timeline stays out of the JSON");
+        assert_eq!(rep.timeline.len(), 8);
+        assert_eq!(
+            RunReport {
+                timeline: Vec::new(),
+                ..rep
+            },
+            back
+        );
+    }
+
+    #[test]
+    fn the_timeline_stays_bounded_and_evenly_thinned() {
+        let mut r = Recorder::new(Slo::default());
+        let n = TIMELINE_CAP * 3 + 7;
+        for i in 0..n {
+            r.record(&ok(1, &[]), 1, Duration::from_millis(i as u64));
+        }
+        let rep = r.finish(meta());
+        let t = &rep.timeline;
+        assert!(
+            t.len() <= TIMELINE_CAP && t.len() >= TIMELINE_CAP / 2,
+            "{}",
+            t.len()
+        );
+        assert_eq!(t[0].sent_s, 0.0);
+        let step = t[1].sent_s - t[0].sent_s;
+        assert!(
+            t.windows(2)
+                .all(|w| ((w[1].sent_s - w[0].sent_s) - step).abs() < 1e-9)
+        );
+        assert!(
+            t.last().unwrap().sent_s > (n as f64 / 1000.0) * 0.99,
+            "spans the whole run"
+        );
     }
 }

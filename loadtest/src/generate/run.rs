@@ -127,13 +127,21 @@ pub enum RunError {
 /// What the collector hears.
 enum Event {
     Lag(Duration),
-    Overload,
+    /// Refused at this offset into the run.
+    Overload(Duration),
     Skipped(u64),
-    Done { ex: Exchange, planned_input: u64 },
+    Done {
+        ex: Exchange,
+        planned_input: u64,
+        /// Offset of the send into the run.
+        sent: Duration,
+    },
 }
 
 /// State every session task shares.
 struct Shared {
+    /// The run's time zero.
+    start: Instant,
     client: Client,
     events: mpsc::UnboundedSender<Event>,
     in_flight: Arc<AtomicUsize>,
@@ -200,7 +208,9 @@ pub async fn run(config: RunConfig) -> Result<RunReport, RunError> {
 
     let (tx, rx) = mpsc::unbounded_channel();
     let in_flight = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
     let shared = Arc::new(Shared {
+        start,
         client,
         events: tx,
         in_flight: in_flight.clone(),
@@ -214,7 +224,6 @@ pub async fn run(config: RunConfig) -> Result<RunReport, RunError> {
 
     let tracker = TaskTracker::new();
     let handle = tokio::runtime::Handle::current();
-    let start = Instant::now();
     let scheduler = {
         let shared = shared.clone();
         let tracker = tracker.clone();
@@ -285,7 +294,7 @@ fn schedule(
             }
             None => {
                 shared.emit(Event::Lag(now.saturating_duration_since(deadline)));
-                shared.emit(Event::Overload);
+                shared.emit(Event::Overload(now.saturating_duration_since(start)));
                 let rest = session.turns.len().saturating_sub(1) as u64;
                 if rest > 0 {
                     shared.emit(Event::Skipped(rest));
@@ -332,7 +341,7 @@ async fn run_session(
                 match shared.try_acquire() {
                     Some(slot) => slot,
                     None => {
-                        shared.emit(Event::Overload);
+                        shared.emit(Event::Overload(shared.start.elapsed()));
                         shared.emit(Event::Skipped((turns - k - 1) as u64));
                         return;
                     }
@@ -364,6 +373,7 @@ async fn run_session(
         shared.emit(Event::Done {
             ex,
             planned_input: context_tokens,
+            sent: sent.saturating_duration_since(shared.start),
         });
         if !ok {
             let rest = (turns - k - 1) as u64;
@@ -403,14 +413,14 @@ async fn collect(
             ev = rx.recv() => match ev {
                 None => break,
                 Some(Event::Lag(lag)) => recorder.record_lag(lag),
-                Some(Event::Overload) => {
+                Some(Event::Overload(at)) => {
                     if warned.insert(Outcome::ClientOverload.label()) {
                         tracing::warn!("in-flight cap reached: arrivals past it fail as client-overload");
                     }
-                    recorder.record_overload();
+                    recorder.record_overload(at);
                 }
                 Some(Event::Skipped(n)) => recorder.record_skipped(n),
-                Some(Event::Done { ex, planned_input }) => {
+                Some(Event::Done { ex, planned_input, sent }) => {
                     if ex.outcome != Outcome::Ok && warned.insert(ex.outcome.label()) {
                         tracing::warn!(
                             outcome = %ex.outcome.label(),
@@ -418,7 +428,7 @@ async fn collect(
                             "first request with this outcome"
                         );
                     }
-                    recorder.record(&ex, planned_input);
+                    recorder.record(&ex, planned_input, sent);
                 }
             },
             _ = ticker.tick() => progress.update(Counts {
