@@ -6,4 +6,5 @@
 #![forbid(unsafe_code)]
 
 pub mod generate;
+pub mod plan;
 pub mod sim;
