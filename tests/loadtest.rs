@@ -138,8 +138,8 @@ async fn handle(s: Arc<Server>, req: Request<Incoming>) -> Result<Response<Chunk
         .unwrap())
 }
 
-/// Runs `infergate loadtest run <args> --json FILE` (bounded to 120 s) and returns the report and
-/// the stdout table.
+/// Runs `infergate loadtest run <args> --json FILE --plot FILE` (bounded to 120 s), checks the plot
+/// is an SVG, and returns the report and the stdout table.
 fn loadtest(args: &[&str]) -> (Value, String) {
     let dir = std::env::temp_dir().join(format!(
         "infergate-loadtest-{}-{}",
@@ -148,9 +148,12 @@ fn loadtest(args: &[&str]) -> (Value, String) {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let json_path = dir.join("report.json");
+    let plot_path = dir.join("run.svg");
     let mut child = Command::new(env!("CARGO_BIN_EXE_infergate"))
         .args(["loadtest", "run", "--progress", "lines", "--json"])
         .arg(&json_path)
+        .arg("--plot")
+        .arg(&plot_path)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -171,6 +174,8 @@ fn loadtest(args: &[&str]) -> (Value, String) {
     let mut stdout = String::new();
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
     assert!(status.success(), "loadtest run failed: {status}\n{stdout}");
+    let svg = std::fs::read_to_string(&plot_path).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("time to first token"));
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
     let _ = std::fs::remove_dir_all(&dir);

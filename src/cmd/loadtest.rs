@@ -65,6 +65,10 @@ struct RunArgs {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Also draw the run as an SVG: each request's TTFT by send time, completed and failed per
+    /// time bucket.
+    #[arg(long)]
+    plot: Option<PathBuf>,
     /// chat (/v1/chat/completions) or completions (/v1/completions).
     #[arg(long, default_value = "chat")]
     endpoint: Endpoint,
@@ -81,7 +85,7 @@ struct RunArgs {
     #[arg(long = "header", value_name = "NAME:VALUE")]
     headers: Vec<String>,
     /// Per-request deadline.
-    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    #[arg(long, value_parser = parse_duration, default_value = "300s")]
     timeout: Duration,
     /// Hard cap on requests in flight: arrivals past it fail at once as `client-overload`.
     #[arg(long, default_value_t = 10_000)]
@@ -152,6 +156,9 @@ async fn run_load(a: RunArgs) -> anyhow::Result<()> {
     if let Some(path) = &a.json {
         std::fs::write(path, report.to_json())
             .with_context(|| format!("writing the JSON report to {}", path.display()))?;
+    }
+    if let Some(path) = &a.plot {
+        generate::plot::write_svg(path, &report)?;
     }
     print!("{report}");
     Ok(())
