@@ -5,6 +5,7 @@
 //! - [`generate`]: an open-loop load generator with workloads, arrival processes and SLO reports.
 #![forbid(unsafe_code)]
 
+pub mod compare;
 pub mod generate;
 pub mod plan;
 pub mod sim;

@@ -15,6 +15,8 @@ use infergate_loadtest::generate::report::Slo;
 use infergate_loadtest::generate::workload::WorkloadSpec;
 use infergate_loadtest::generate::{self, RunConfig};
 
+mod compare;
+
 #[derive(clap::Args)]
 pub struct Args {
     #[command(subcommand)]
@@ -25,6 +27,9 @@ pub struct Args {
 enum Command {
     /// Send an open-loop workload to a target and report TTFT, ITL, e2e latency, throughput and goodput.
     Run(RunArgs),
+    /// Compare routers side by side: the same schedule through infergate's policies, nginx and
+    /// SGLang's router over fresh simulated pods; tables, JSON and plots.
+    Compare(compare::CompareArgs),
 }
 
 #[derive(clap::Args)]
@@ -113,6 +118,7 @@ fn parse_progress(s: &str) -> Result<ProgressMode, String> {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Command::Run(args) => run_load(args).await,
+        Command::Compare(args) => compare::run(args).await,
     }
 }
 

@@ -1,0 +1,146 @@
+//! The comparison's pictures, as SVG: latency CDFs per contender, and p90 TTFT against offered load.
+//!
+//! The load generator's report keeps percentiles (p50, p90, p99, max), not every sample, so a CDF
+//! here is drawn through those points: exact at them, straight lines between.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use super::report::{Row, Status};
+use crate::generate::report::Summary;
+
+/// Why a plot could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("plotting {path}: {message}")]
+pub struct PlotError {
+    path: String,
+    message: String,
+}
+
+fn cdf_points(s: &Summary) -> Vec<(f64, f64)> {
+    vec![
+        (0.0, 0.0),
+        (s.p50, 0.5),
+        (s.p90, 0.9),
+        (s.p99, 0.99),
+        (s.max, 1.0),
+    ]
+}
+
+/// TTFT and e2e CDFs of every contender that ran at one rate, side by side.
+pub fn write_cdfs(path: &Path, title: &str, rows: &[&Row]) -> Result<(), PlotError> {
+    let err = |e: &dyn std::fmt::Display| PlotError {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let root = SVGBackend::new(path, (1200, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let (left, right) = root.split_horizontally(600);
+    type Pick = fn(&crate::generate::RunReport) -> Option<Summary>;
+    let panels: [(&str, Pick, _); 2] = [
+        ("TTFT (ms)", |r| r.ttft_ms, left),
+        ("end-to-end (ms)", |r| r.e2e_ms, right),
+    ];
+    for (what, pick, area) in panels {
+        let ran: Vec<(&str, Summary)> = rows
+            .iter()
+            .filter(|r| r.status == Status::Ran)
+            .filter_map(|r| Some((r.contender.as_str(), pick(r.run.as_ref()?)?)))
+            .collect();
+        // Clip at the largest p99 so one long tail does not flatten every curve.
+        let x_max = ran.iter().map(|(_, s)| s.p99).fold(1.0, f64::max) * 1.2;
+        let mut chart = ChartBuilder::on(&area)
+            .caption(format!("{title}: CDF of {what}"), ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(40)
+            .build_cartesian_2d(0.0..x_max, 0.0..1.0)
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc(what)
+            .y_desc("share of requests")
+            .draw()
+            .map_err(|e| err(&e))?;
+        for (i, (name, s)) in ran.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(cdf_points(s), color.stroke_width(2)))
+                .map_err(|e| err(&e))?
+                .label(*name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// p90 TTFT against offered load (sessions/s), one line per contender.
+pub fn write_sweep(path: &Path, title: &str, rows: &[Row]) -> Result<(), PlotError> {
+    let err = |e: &dyn std::fmt::Display| PlotError {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let mut names: Vec<&str> = Vec::new();
+    for r in rows {
+        if r.status == Status::Ran && !names.contains(&r.contender.as_str()) {
+            names.push(&r.contender);
+        }
+    }
+    let point = |r: &Row| Some((r.rate_per_s, r.run.as_ref()?.ttft_ms?.p90));
+    let pts: Vec<(f64, f64)> = rows.iter().filter_map(point).collect();
+    let x_max = pts.iter().map(|p| p.0).fold(0.1, f64::max) * 1.1;
+    let y_max = pts.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
+    let root = SVGBackend::new(path, (900, 550)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("{title}: p90 TTFT vs offered load"),
+            ("sans-serif", 16),
+        )
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("offered load (new sessions/s)")
+        .y_desc("p90 TTFT (ms)")
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (i, name) in names.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let mut line: Vec<(f64, f64)> = rows
+            .iter()
+            .filter(|r| r.contender == *name)
+            .filter_map(point)
+            .collect();
+        line.sort_by(|a, b| a.0.total_cmp(&b.0));
+        chart
+            .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        chart
+            .draw_series(line.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+            .map_err(|e| err(&e))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
