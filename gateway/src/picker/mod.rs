@@ -243,7 +243,7 @@ pub fn pick_excluding(
         PickerPolicy::QueueKv | PickerPolicy::Infergate => {
             // Saturated endpoints are filtered out as long as another can take the request.
             let eligible = |i: usize| is_candidate(i) && !saturated(i);
-            score::pick_scored(snapshot, facts, &eligible)
+            score::pick_scored(snapshot, facts, eligible)
         }
     }
 }

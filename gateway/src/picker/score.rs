@@ -27,10 +27,14 @@ struct Stats {
     mean_known_q: f64,
     mean_known_inflight: f64,
     mean_known_kv: Option<f64>,
-    mean_inflight: f64,
     min_load: f64,
     /// KV use of an average running request (scraped KV over scraped running, pool-wide).
     kv_per_request: f64,
+    /// Reciprocals, computed once per pick rather than divided by per endpoint.
+    inv_q_ref: f64,
+    inv_mean_inflight: f64,
+    /// 1 / the request's block count (0 without blocks).
+    inv_blocks: f64,
 }
 
 /// One endpoint's scores before weighting.
@@ -103,8 +107,7 @@ fn parts(
     infergate: bool,
 ) -> Parts {
     let v = &snap.endpoints[i];
-    let q_ref = snap.saturation.queue.max(1.0);
-    let queue = 1.0 / (1.0 + queue_estimate(v, st) / q_ref);
+    let queue = 1.0 / (1.0 + queue_estimate(v, st) * st.inv_q_ref);
     let kv_use = kv_estimate(v, st.kv_per_request)
         .or(st.mean_known_kv)
         .unwrap_or(0.0);
@@ -119,13 +122,9 @@ fn parts(
             lora: 0.0,
         };
     }
-    let inflight = 1.0 / (1.0 + f64::from(v.inflight) / st.mean_inflight.max(1.0));
-    let blocks = facts.prefix.len();
-    let prefix_raw = if blocks == 0 {
-        0.0
-    } else {
-        f64::from(v.prefix_blocks).min(blocks as f64) / blocks as f64
-    };
+    let inflight = 1.0 / (1.0 + f64::from(v.inflight) * st.inv_mean_inflight);
+    let blocks = facts.prefix.len() as f64;
+    let prefix_raw = f64::from(v.prefix_blocks).min(blocks) * st.inv_blocks;
     let load = load_estimate(v);
     let bal = snap.balance;
     let overloaded = load - st.min_load > bal.abs && load > bal.rel * st.min_load;
@@ -152,7 +151,7 @@ fn weighted(snap: &PoolSnapshot<'_>, p: &Parts) -> f64 {
 pub(super) fn pick_scored(
     snap: &PoolSnapshot<'_>,
     facts: &RequestFacts,
-    eligible: &dyn Fn(usize) -> bool,
+    eligible: impl Fn(usize) -> bool,
 ) -> Pick {
     let eps = snap.endpoints;
     let infergate = snap.policy == PickerPolicy::Infergate;
@@ -198,9 +197,15 @@ pub(super) fn pick_scored(
         mean_known_q: mean(sum_q, known),
         mean_known_inflight: mean(sum_inf_known, known),
         mean_known_kv: (kv_n > 0).then(|| sum_kv / kv_n as f64),
-        mean_inflight: mean(sum_inf, n),
         min_load: if min_load.is_finite() { min_load } else { 0.0 },
         kv_per_request,
+        inv_q_ref: 1.0 / snap.saturation.queue.max(1.0),
+        inv_mean_inflight: 1.0 / mean(sum_inf, n).max(1.0),
+        inv_blocks: if facts.prefix.is_empty() {
+            0.0
+        } else {
+            1.0 / facts.prefix.len() as f64
+        },
     };
 
     // One pass: the best score, and the spread of the affinity scores (an affinity only explains

@@ -190,7 +190,13 @@ impl Pool {
 
     /// How usable `ep` is at `now`.
     pub fn health(&self, ep: &Endpoint, now: Instant) -> EndpointHealth {
-        let age = ep.load().map(|l| now.saturating_duration_since(l.taken_at));
+        let taken_at = ep.with_load(|l| l.map(|l| l.taken_at));
+        self.health_at(ep, taken_at, now)
+    }
+
+    /// [`Pool::health`] for an endpoint whose last good scrape was taken at `taken_at`.
+    fn health_at(&self, ep: &Endpoint, taken_at: Option<Instant>, now: Instant) -> EndpointHealth {
+        let age = taken_at.map(|t| now.saturating_duration_since(t));
         let stale = age.is_none_or(|a| a > self.scrape.stale_after);
         // Never scraped successfully: usable on in-flight accounting (a pod without a metrics
         // route must still work); scraped once, then silent for too long: unready.
@@ -226,13 +232,6 @@ impl Pool {
         };
         let members = self.members.load();
         let now = Instant::now();
-        let mut loads: Vec<Option<Arc<ScrapedLoad>>> = Vec::with_capacity(members.len());
-        let mut health = Vec::with_capacity(members.len());
-        for e in members.iter() {
-            let h = self.health(e, now);
-            loads.push(if h.stale { None } else { e.load() });
-            health.push(h);
-        }
         let exclude: Vec<usize> = exclude
             .iter()
             .filter_map(|id| members.iter().position(|e| e.id() == *id))
@@ -249,32 +248,45 @@ impl Pool {
                 }
             }
         }
+        // Adapter lists are borrowed by the views, so their owners must outlive them; only
+        // requests that name an adapter pay for holding them.
+        let lora_loads: Vec<Option<Arc<ScrapedLoad>>> = if facts.lora.is_some() {
+            members.iter().map(|e| e.load()).collect()
+        } else {
+            Vec::new()
+        };
         let no_loras: &[String] = &[];
         let views: Vec<EndpointView<'_>> = members
             .iter()
-            .zip(&loads)
-            .zip(&health)
-            .zip(&blocks)
-            .map(|(((e, load), h), &prefix_blocks)| {
-                let l = load.as_deref();
-                EndpointView {
-                    ready: e.discovered_ready() && !e.is_removed() && !h.scrape_unready,
-                    ejected: h.ejected,
-                    terminating: e.is_terminating(),
-                    waiting: l.and_then(|l| l.waiting),
-                    running: l.and_then(|l| l.running),
-                    kv_usage: l.and_then(|l| l.kv_usage),
-                    inflight: e.inflight(),
-                    picks_since_scrape: if l.is_some() {
-                        e.picks_since_scrape()
-                    } else {
-                        0
-                    },
-                    loras: l.map_or(no_loras, |l| &l.lora.running),
-                    waiting_loras: l.map_or(no_loras, |l| &l.lora.waiting),
-                    max_lora: l.and_then(|l| l.lora.max_lora),
-                    prefix_blocks,
-                }
+            .enumerate()
+            .map(|(i, e)| {
+                e.with_load(|load| {
+                    let h = self.health_at(e, load.map(|l| l.taken_at), now);
+                    let fresh = if h.stale { None } else { load };
+                    let lora = lora_loads
+                        .get(i)
+                        .and_then(|l| l.as_deref())
+                        .filter(|_| !h.stale)
+                        .map(|l| &l.lora);
+                    EndpointView {
+                        ready: e.discovered_ready() && !e.is_removed() && !h.scrape_unready,
+                        ejected: h.ejected,
+                        terminating: e.is_terminating(),
+                        waiting: fresh.and_then(|l| l.waiting),
+                        running: fresh.and_then(|l| l.running),
+                        kv_usage: fresh.and_then(|l| l.kv_usage),
+                        inflight: e.inflight(),
+                        picks_since_scrape: if fresh.is_some() {
+                            e.picks_since_scrape()
+                        } else {
+                            0
+                        },
+                        loras: lora.map_or(no_loras, |l| &l.running),
+                        waiting_loras: lora.map_or(no_loras, |l| &l.waiting),
+                        max_lora: lora.and_then(|l| l.max_lora),
+                        prefix_blocks: blocks[i],
+                    }
+                })
             })
             .collect();
         let snapshot = PoolSnapshot {

@@ -99,16 +99,31 @@ pub fn unescape(raw: &str) -> Cow<'_, str> {
 }
 
 /// Calls `each` for every readable sample whose metric name `wanted` accepts, in page order.
+///
+/// Most of a model server's page is histogram buckets: runs of lines with the same name. After
+/// `wanted` refuses a name, the lines that start with that same name are skipped on a prefix
+/// comparison, without scanning the name again or asking `wanted`.
 pub fn parse_filtered<'a>(
     text: &'a str,
     mut wanted: impl FnMut(&str) -> bool,
     mut each: impl FnMut(Sample<'a>),
 ) {
+    let mut refused: &str = "";
     for line in text.split('\n') {
+        if !refused.is_empty()
+            && line.starts_with(refused)
+            && line
+                .as_bytes()
+                .get(refused.len())
+                .is_none_or(|&b| !is_name_byte(b))
+        {
+            continue;
+        }
         let Some((name, rest)) = split_name(line) else {
             continue;
         };
         if !wanted(name) {
+            refused = name;
             continue;
         }
         if let Some(sample) = parse_rest(name, rest) {
@@ -133,15 +148,30 @@ fn split_name(line: &str) -> Option<(&str, &str)> {
     let line = line.trim_start_matches([' ', '\t']);
     let bytes = line.as_bytes();
     let first = *bytes.first()?;
-    if !(first.is_ascii_alphabetic() || first == b'_' || first == b':') {
+    if !is_name_byte(first) || first.is_ascii_digit() {
         // Comments (`#`), blank lines, and names this reader does not know how to read.
         return None;
     }
     let end = bytes
         .iter()
-        .position(|&b| !(b.is_ascii_alphanumeric() || b == b'_' || b == b':'))
+        .position(|&b| !is_name_byte(b))
         .unwrap_or(bytes.len());
     Some((&line[..end], &line[end..]))
+}
+
+/// `[a-zA-Z0-9_:]`, by table: the name scan is the inner loop of reading a page.
+fn is_name_byte(b: u8) -> bool {
+    const TABLE: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut i = 0;
+        while i < 256 {
+            let c = i as u8;
+            t[i] = c.is_ascii_alphanumeric() || c == b'_' || c == b':';
+            i += 1;
+        }
+        t
+    };
+    TABLE[usize::from(b)]
 }
 
 fn parse_rest<'a>(name: &'a str, rest: &'a str) -> Option<Sample<'a>> {
@@ -239,6 +269,24 @@ mod tests {
                     trunc";
         let names: Vec<_> = parse(page).map(|s| (s.name, s.value)).collect();
         assert_eq!(names, vec![("good", 1.0), ("also_good", 2.0)]);
+    }
+
+    #[test]
+    fn refused_names_skip_their_runs_but_not_longer_names() {
+        let page =
+            "h_bucket{le=\"1\"} 1\nh_bucket{le=\"2\"} 2\nh_bucket_extra 3\nh_bucket 4\nh_sum 5\n";
+        let mut asked = Vec::new();
+        let mut got = Vec::new();
+        parse_filtered(
+            page,
+            |n| {
+                asked.push(n.to_string());
+                n != "h_bucket"
+            },
+            |s| got.push(s.value),
+        );
+        assert_eq!(asked, vec!["h_bucket", "h_bucket_extra", "h_sum"]);
+        assert_eq!(got, vec![3.0, 5.0]);
     }
 
     #[test]
