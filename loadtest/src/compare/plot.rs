@@ -1,13 +1,15 @@
 //! The comparison's pictures, as SVG: latency CDFs per contender, and p90 TTFT against offered load.
 //!
-//! The load generator's report keeps percentiles (p50, p90, p99, max), not every sample, so a CDF
-//! here is drawn through those points: exact at them, straight lines between.
+//! The TTFT CDF is exact: drawn from the report's per-request timeline (every request, or an evenly
+//! thinned sample of a very long run). The report keeps only percentiles (p50, p90, p99, max) of
+//! end-to-end latency, so that CDF is drawn through those points: exact at them, straight between.
 
 use std::path::Path;
 
 use plotters::prelude::*;
 
 use super::report::{Row, Status};
+use crate::generate::RunReport;
 use crate::generate::report::Summary;
 
 /// Why a plot could not be written.
@@ -28,6 +30,28 @@ fn cdf_points(s: &Summary) -> Vec<(f64, f64)> {
     ]
 }
 
+/// The empirical CDF of the completed requests' TTFTs, at most ~500 points.
+fn ttft_cdf(run: &RunReport) -> Option<Vec<(f64, f64)>> {
+    let mut v: Vec<f64> = run
+        .timeline
+        .iter()
+        .filter(|p| p.ok)
+        .filter_map(|p| p.ttft_ms)
+        .collect();
+    if v.len() < 2 {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let step = n.div_ceil(500).max(1);
+    let mut pts: Vec<(f64, f64)> = (0..n)
+        .step_by(step)
+        .map(|i| (v[i], (i + 1) as f64 / n as f64))
+        .collect();
+    pts.push((v[n - 1], 1.0));
+    Some(pts)
+}
+
 /// TTFT and e2e CDFs of every contender that ran at one rate, side by side.
 pub fn write_cdfs(path: &Path, title: &str, rows: &[&Row]) -> Result<(), PlotError> {
     let err = |e: &dyn std::fmt::Display| PlotError {
@@ -37,19 +61,33 @@ pub fn write_cdfs(path: &Path, title: &str, rows: &[&Row]) -> Result<(), PlotErr
     let root = SVGBackend::new(path, (1200, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let (left, right) = root.split_horizontally(600);
-    type Pick = fn(&crate::generate::RunReport) -> Option<Summary>;
+    type Pick = fn(&RunReport) -> Option<(Summary, Vec<(f64, f64)>)>;
     let panels: [(&str, Pick, _); 2] = [
-        ("TTFT (ms)", |r| r.ttft_ms, left),
-        ("end-to-end (ms)", |r| r.e2e_ms, right),
+        (
+            "TTFT (ms)",
+            |r| {
+                let s = r.ttft_ms?;
+                Some((s, ttft_cdf(r).unwrap_or_else(|| cdf_points(&s))))
+            },
+            left,
+        ),
+        (
+            "end-to-end (ms)",
+            |r| r.e2e_ms.map(|s| (s, cdf_points(&s))),
+            right,
+        ),
     ];
     for (what, pick, area) in panels {
-        let ran: Vec<(&str, Summary)> = rows
+        let ran: Vec<(&str, Summary, Vec<(f64, f64)>)> = rows
             .iter()
             .filter(|r| r.status == Status::Ran)
-            .filter_map(|r| Some((r.contender.as_str(), pick(r.run.as_ref()?)?)))
+            .filter_map(|r| {
+                let (s, pts) = pick(r.run.as_ref()?)?;
+                Some((r.contender.as_str(), s, pts))
+            })
             .collect();
         // Clip at the largest p99 so one long tail does not flatten every curve.
-        let x_max = ran.iter().map(|(_, s)| s.p99).fold(1.0, f64::max) * 1.2;
+        let x_max = ran.iter().map(|(_, s, _)| s.p99).fold(1.0, f64::max) * 1.2;
         let mut chart = ChartBuilder::on(&area)
             .caption(format!("{title}: CDF of {what}"), ("sans-serif", 16))
             .margin(10)
@@ -63,10 +101,10 @@ pub fn write_cdfs(path: &Path, title: &str, rows: &[&Row]) -> Result<(), PlotErr
             .y_desc("share of requests")
             .draw()
             .map_err(|e| err(&e))?;
-        for (i, (name, s)) in ran.iter().enumerate() {
+        for (i, (name, _, pts)) in ran.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
             chart
-                .draw_series(LineSeries::new(cdf_points(s), color.stroke_width(2)))
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
                 .map_err(|e| err(&e))?
                 .label(*name)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));

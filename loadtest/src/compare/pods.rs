@@ -42,6 +42,10 @@ pub struct PodCounters {
     pub generation_tokens: f64,
     /// Requests waiting in the engine's queue now (a gauge).
     pub waiting: f64,
+    /// Sum of the engine's own end-to-end latencies, in engine seconds.
+    pub e2e_sum_s: f64,
+    /// Their count.
+    pub e2e_count: f64,
 }
 
 impl PodCounters {
@@ -57,6 +61,12 @@ impl PodCounters {
                 (PodFlavor::Vllm, "vllm:request_success_total") => c.requests += v,
                 (PodFlavor::Vllm, "vllm:generation_tokens_total") => c.generation_tokens += v,
                 (PodFlavor::Vllm, "vllm:num_requests_waiting") => c.waiting += v,
+                (PodFlavor::Vllm, "vllm:e2e_request_latency_seconds_sum")
+                | (PodFlavor::Sglang, "sglang:e2e_request_latency_seconds_sum") => c.e2e_sum_s += v,
+                (PodFlavor::Vllm, "vllm:e2e_request_latency_seconds_count")
+                | (PodFlavor::Sglang, "sglang:e2e_request_latency_seconds_count") => {
+                    c.e2e_count += v
+                }
                 (PodFlavor::Sglang, "sglang:prompt_tokens_total") => sglang_prompt += v,
                 (PodFlavor::Sglang, "sglang:cached_tokens_total") => c.prefix_hits += v,
                 (PodFlavor::Sglang, "sglang:num_requests_total") => c.requests += v,
@@ -80,6 +90,8 @@ impl PodCounters {
             requests: self.requests - before.requests,
             generation_tokens: self.generation_tokens - before.generation_tokens,
             waiting: self.waiting,
+            e2e_sum_s: self.e2e_sum_s - before.e2e_sum_s,
+            e2e_count: self.e2e_count - before.e2e_count,
         }
     }
 }
@@ -95,6 +107,10 @@ pub struct PoolStats {
     pub imbalance_requests: Option<f64>,
     /// Most output tokens any pod generated over the mean.
     pub imbalance_tokens: Option<f64>,
+    /// Mean end-to-end latency as the engines measured it, in engine milliseconds. Compared with
+    /// the client's mean e2e times the speed, it shows whether the hosts kept the engine clock (a
+    /// CPU-starved host falls behind real time and the client sees more than the engine counted).
+    pub engine_e2e_mean_ms: Option<f64>,
 }
 
 impl PoolStats {
@@ -108,7 +124,11 @@ impl PoolStats {
             let max = per_pod.iter().map(f).fold(0.0, f64::max);
             (total > 0.0).then(|| max / (total / n))
         };
+        let (e2e_sum, e2e_n): (f64, f64) = per_pod
+            .iter()
+            .fold((0.0, 0.0), |(s, n), c| (s + c.e2e_sum_s, n + c.e2e_count));
         PoolStats {
+            engine_e2e_mean_ms: (e2e_n > 0.0).then(|| e2e_sum / e2e_n * 1e3),
             prefix_hit_rate: (q > 0.0).then(|| (h / q).clamp(0.0, 1.0)),
             imbalance_requests: ratio(|c| c.requests),
             imbalance_tokens: ratio(|c| c.generation_tokens),

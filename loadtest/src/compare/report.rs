@@ -37,6 +37,10 @@ pub struct Row {
     pub pool: Option<PoolStats>,
     /// The machine's 1-minute load average when the run ended (CPU contention check).
     pub loadavg_1m: Option<f64>,
+    /// Client mean e2e x speed / the engines' mean e2e: about 1 when the hosts kept the engine
+    /// clock and the router added little; well above 1 when the CPU fell behind (or a fault added
+    /// latency outside the engine).
+    pub clock_ratio: Option<f64>,
 }
 
 /// How capacity was found.
@@ -143,7 +147,7 @@ impl fmt::Display for ScenarioReport {
         )?;
         writeln!(
             f,
-            "{:<26}{:>7}{:>6}{:>6}{:>5} | {:>7}{:>7}{:>7} | {:>6}{:>6}{:>6} | {:>7}{:>7}{:>7} | {:>8}{:>7}{:>7}{:>6}{:>6}{:>6}",
+            "{:<26}{:>7}{:>6}{:>6}{:>5} | {:>7}{:>7}{:>7} | {:>6}{:>6}{:>6} | {:>7}{:>7}{:>7} | {:>8}{:>7}{:>7}{:>6}{:>6}{:>6}{:>6}",
             "contender",
             "rate/s",
             "load",
@@ -163,7 +167,8 @@ impl fmt::Display for ScenarioReport {
             "good",
             "hit",
             "imb",
-            "lag99"
+            "lag99",
+            "clk"
         )?;
         for r in &self.rows {
             let load = opt(r.fraction_of_capacity.map(|x| x * 100.0), 0);
@@ -176,7 +181,7 @@ impl fmt::Display for ScenarioReport {
                     let pool = r.pool.as_ref();
                     writeln!(
                         f,
-                        "{name:<26}{:>7.2}{load:>6}{:>6}{:>5} | {t50:>7}{t90:>7}{t99:>7} | {i50:>6}{i90:>6}{i99:>6} | {e50:>7}{e90:>7}{e99:>7} | {:>8.0}{:>7.2}{:>7.3}{:>6}{:>6}{:>6}",
+                        "{name:<26}{:>7.2}{load:>6}{:>6}{:>5} | {t50:>7}{t90:>7}{t99:>7} | {i50:>6}{i90:>6}{i99:>6} | {e50:>7}{e90:>7}{e99:>7} | {:>8.0}{:>7.2}{:>7.3}{:>6}{:>6}{:>6}{:>6}",
                         r.rate_per_s,
                         run.requests,
                         run.failed,
@@ -186,6 +191,7 @@ impl fmt::Display for ScenarioReport {
                         opt(pool.and_then(|p| p.prefix_hit_rate), 3),
                         opt(pool.and_then(|p| p.imbalance_requests), 2),
                         opt(run.late_start_ms.map(|l| l.p99), 1),
+                        opt(r.clock_ratio, 2),
                     )?;
                 }
                 (Status::Skipped(why), _) => writeln!(
@@ -209,7 +215,11 @@ impl fmt::Display for ScenarioReport {
         )?;
         writeln!(
             f,
-            "  good = goodput (share of requests completed within the SLO); lag99 = p99 of the generator's late start (ms)"
+            "  good = goodput (share of requests completed within the SLO); lag99 = p99 of the generator's late start (ms);"
+        )?;
+        writeln!(
+            f,
+            "  clk = client mean e2e x speed / engines' mean e2e (about 1: the CPU kept up with the simulated GPUs)"
         )?;
         for file in &self.files {
             writeln!(f, "  wrote {file}")?;

@@ -198,6 +198,7 @@ pub async fn compare(
                 run: None,
                 pool: None,
                 loadavg_1m: None,
+                clock_ratio: None,
             };
             if h.cancel.is_cancelled() {
                 return Err(RunError::Cancelled);
@@ -213,6 +214,7 @@ pub async fn compare(
             let tag = format!("r{i}-{}", c.to_string().replace(':', "-"));
             match run_one(&h, Some((*c, program.as_path())), *rate, &tag).await {
                 Ok((run, pool)) => rows.push(Row {
+                    clock_ratio: clock_ratio(&run, &pool, scenario.pods.speed),
                     run: Some(run),
                     pool: Some(pool),
                     loadavg_1m: loadavg(),
@@ -232,9 +234,11 @@ pub async fn compare(
                 run: None,
                 pool: None,
                 loadavg_1m: loadavg(),
+                clock_ratio: None,
             };
             match run_one(&h, None, *rate, &tag).await {
                 Ok((run, pool)) => rows.push(Row {
+                    clock_ratio: clock_ratio(&run, &pool, scenario.pods.speed),
                     run: Some(run),
                     pool: Some(pool),
                     ..row(Status::Ran)
@@ -397,6 +401,11 @@ async fn measure(
     let after = pods.counters(&h.http).await?;
     let deltas = after.iter().zip(&before).map(|(a, b)| a.since(b)).collect();
     Ok((report, PoolStats::from_deltas(deltas)))
+}
+
+/// See [`Row::clock_ratio`].
+fn clock_ratio(run: &RunReport, pool: &PoolStats, speed: f64) -> Option<f64> {
+    Some(run.e2e_ms?.mean * speed / pool.engine_e2e_mean_ms.filter(|m| *m > 0.0)?)
 }
 
 /// The 1-minute load average (Linux), to show how busy the machine's cores were.
