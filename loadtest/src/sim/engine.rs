@@ -277,6 +277,11 @@ impl Engine {
         true
     }
 
+    /// The end of the last step: the engine's own clock (a step asked to start earlier starts here).
+    pub fn clock(&self) -> Duration {
+        self.clock
+    }
+
     /// Whether a step would do anything.
     pub fn has_work(&self) -> bool {
         !self.running.is_empty() || !self.waiting.is_empty()
