@@ -446,7 +446,7 @@ async fn ttft_grows_with_the_queue() {
             .expect("alone");
         let mut ahead = Vec::new();
         for i in 0..3 {
-            let body = chat(&words(50, i), 100, true);
+            let body = chat(&words(50, i), 300, true);
             ahead.push(tokio::spawn(async move {
                 stream(a, "/v1/chat/completions", &body).await
             }));
