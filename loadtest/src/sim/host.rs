@@ -101,8 +101,14 @@ impl Host {
         max_waiting: usize,
     ) -> Result<(u32, mpsc::Receiver<Delivery>), SubmitError> {
         let id = req.id;
-        let now = self.now();
         let mut core = self.core.lock();
+        // A busy engine that lags real time (CPU-bound) stamps arrivals on its own clock, so that
+        // no request is admitted before it arrived.
+        let now = if core.engine.has_work() {
+            self.now().min(core.engine.clock())
+        } else {
+            self.now()
+        };
         let waiting = core.engine.stats().waiting;
         if waiting >= max_waiting {
             return Err(SubmitError::Overloaded { waiting });
