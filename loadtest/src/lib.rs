@@ -9,3 +9,4 @@ pub mod compare;
 pub mod generate;
 pub mod plan;
 pub mod sim;
+pub mod stepload;

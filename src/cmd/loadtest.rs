@@ -16,6 +16,7 @@ use infergate_loadtest::generate::workload::WorkloadSpec;
 use infergate_loadtest::generate::{self, RunConfig};
 
 mod compare;
+mod step;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -30,6 +31,9 @@ enum Command {
     /// Compare routers side by side: the same schedule through infergate's policies, nginx and
     /// SGLang's router over fresh simulated pods; tables, JSON and plots.
     Compare(compare::CompareArgs),
+    /// The autoscaling scenario: a step load from 10% to 150% of one pod's capacity and back,
+    /// autoscaled against a fixed pool sized for the peak; CSV, SVG and an SLO/pod-seconds table.
+    Step(step::StepArgs),
 }
 
 #[derive(clap::Args)]
@@ -119,6 +123,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Command::Run(args) => run_load(args).await,
         Command::Compare(args) => compare::run(args).await,
+        Command::Step(args) => step::run(args).await,
     }
 }
 
