@@ -174,6 +174,27 @@ fn bench_pick(c: &mut Criterion) {
             }
         })
     });
+    // Two threads picking at once from the same pool: wall time per pick. With no contention on
+    // the prefix index's mutex this is half the single-thread time.
+    g.bench_function("pool_pick_64_endpoints_2_threads", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            std::thread::scope(|s| {
+                for t in 0..2u64 {
+                    let (pool, facts) = (&pool, &facts);
+                    s.spawn(move || {
+                        for k in 0..iters / 2 {
+                            let f = &facts[((k * 2 + t) as usize) % facts.len()];
+                            if let PoolPick::Endpoint { guard, .. } = pool.pick(black_box(f), &[]) {
+                                drop(guard);
+                            }
+                        }
+                    });
+                }
+            });
+            start.elapsed()
+        })
+    });
     let views: Vec<EndpointView<'static>> = (0..ENDPOINTS)
         .map(|i| {
             let l = load(i);

@@ -195,26 +195,29 @@ pub fn pick_excluding(
         let v = &eps[i];
         v.ready && !v.ejected && !v.terminating && !exclude.contains(&i)
     };
-    let candidates = (0..eps.len()).filter(|&i| is_candidate(i)).count();
+    let sat = snapshot.saturation;
+    let saturated = |i: usize| is_saturated(&eps[i], sat);
+    let (mut candidates, mut unsaturated, mut last) = (0usize, 0usize, 0usize);
+    for i in 0..eps.len() {
+        if is_candidate(i) {
+            candidates += 1;
+            last = i;
+            unsaturated += usize::from(!saturated(i));
+        }
+    }
     if candidates == 0 {
         return Pick::Hold {
             reason: HoldReason::NoReadyEndpoint,
         };
     }
-    let sat = snapshot.saturation;
-    let saturated = |i: usize| is_saturated(&eps[i], sat);
-    let unsaturated = (0..eps.len())
-        .filter(|&i| is_candidate(i) && !saturated(i))
-        .count();
     if unsaturated == 0 {
         return Pick::Hold {
             reason: HoldReason::AllSaturated,
         };
     }
     if candidates == 1 {
-        let index = (0..eps.len()).find(|&i| is_candidate(i)).unwrap_or(0);
         return Pick::Endpoint {
-            index,
+            index: last,
             reason: PickReason::OnlyCandidate,
         };
     }

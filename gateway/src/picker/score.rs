@@ -159,7 +159,7 @@ pub(super) fn pick_scored(
     let (mut n, mut known, mut kv_n) = (0usize, 0usize, 0usize);
     let (mut sum_q, mut sum_kv, mut sum_inf_known, mut sum_inf) = (0.0, 0.0, 0.0, 0.0);
     let mut min_load = f64::INFINITY;
-    let (mut sum_kv_running, mut sum_running) = (0.0, 0.0);
+    let (mut sum_kv_running, mut sum_running, mut sum_kv_picks) = (0.0, 0.0, 0.0);
     for (i, v) in eps.iter().enumerate() {
         if !eligible(i) {
             continue;
@@ -172,9 +172,15 @@ pub(super) fn pick_scored(
             sum_q += w.max(0.0) + f64::from(v.picks_since_scrape);
             sum_inf_known += f64::from(v.inflight);
         }
-        if let (Some(kv), Some(r)) = (v.kv_usage, v.running) {
-            sum_kv_running += kv.clamp(0.0, 1.0);
-            sum_running += r.max(0.0);
+        if let Some(kv) = v.kv_usage {
+            let kv = kv.clamp(0.0, 1.0);
+            kv_n += 1;
+            sum_kv += kv;
+            sum_kv_picks += f64::from(v.picks_since_scrape);
+            if let Some(r) = v.running {
+                sum_kv_running += kv;
+                sum_running += r.max(0.0);
+            }
         }
     }
     let kv_per_request = if sum_running >= 1.0 {
@@ -182,21 +188,14 @@ pub(super) fn pick_scored(
     } else {
         0.0
     };
-    for (i, v) in eps.iter().enumerate() {
-        if !eligible(i) {
-            continue;
-        }
-        if let Some(kv) = kv_estimate(v, kv_per_request) {
-            kv_n += 1;
-            sum_kv += kv;
-        }
-    }
+    // Mean of the corrected KV estimates: linear in the picks (the cap at 1 is ignored here).
+    sum_kv += kv_per_request * sum_kv_picks;
     let mean = |sum: f64, k: usize| if k == 0 { 0.0 } else { sum / k as f64 };
     let st = Stats {
         known,
         mean_known_q: mean(sum_q, known),
         mean_known_inflight: mean(sum_inf_known, known),
-        mean_known_kv: (kv_n > 0).then(|| sum_kv / kv_n as f64),
+        mean_known_kv: (kv_n > 0).then(|| (sum_kv / kv_n as f64).min(1.0)),
         min_load: if min_load.is_finite() { min_load } else { 0.0 },
         kv_per_request,
         inv_q_ref: 1.0 / snap.saturation.queue.max(1.0),

@@ -6,8 +6,8 @@
 
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use infergate_config::OutlierConfig;
@@ -29,6 +29,9 @@ pub struct Endpoint {
     picks_total: AtomicU64,
     picks_at_scrape: AtomicU64,
     load: ArcSwapOption<ScrapedLoad>,
+    /// The numbers of `load` the picker reads on every request, as plain atomics: cheaper than
+    /// even a reference-count-free `ArcSwap` read, 64 times per pick.
+    hot: HotLoad,
     scrape_errors: AtomicU64,
     last_scrape_error: Mutex<Option<String>>,
     discovered_ready: AtomicBool,
@@ -54,6 +57,7 @@ impl Endpoint {
             picks_total: AtomicU64::new(0),
             picks_at_scrape: AtomicU64::new(0),
             load: ArcSwapOption::empty(),
+            hot: HotLoad::default(),
             scrape_errors: AtomicU64::new(0),
             last_scrape_error: Mutex::new(None),
             discovered_ready: AtomicBool::new(d.ready),
@@ -92,12 +96,10 @@ impl Endpoint {
         self.load.load_full()
     }
 
-    /// Runs `f` on the last good scrape without taking a reference count: the pick reads every
-    /// endpoint's load on every request, and 64 atomic increments and decrements per pick on
-    /// shared cache lines is what this avoids.
-    pub(crate) fn with_load<R>(&self, f: impl FnOnce(Option<&ScrapedLoad>) -> R) -> R {
-        let guard = self.load.load();
-        f(guard.as_deref())
+    /// The last good scrape's queue, running count, KV use and time, read without locks.
+    /// (Fields of two consecutive scrapes may mix for an instant: harmless for a heuristic.)
+    pub(crate) fn scalars(&self) -> LoadScalars {
+        self.hot.read()
     }
 
     /// Failed scrapes since the endpoint appeared.
@@ -146,6 +148,7 @@ impl Endpoint {
     /// Stores a good scrape that was sent when [`Endpoint::picks_total`] read `picks_at_send`.
     pub fn record_scrape(&self, load: ScrapedLoad, picks_at_send: u64) {
         self.picks_at_scrape.store(picks_at_send, Relaxed);
+        self.hot.write(&load);
         self.load.store(Some(Arc::new(load)));
         *self.last_scrape_error.lock() = None;
     }
@@ -179,6 +182,78 @@ impl Endpoint {
     pub(crate) fn outlier(&self) -> &Outlier {
         &self.outlier
     }
+}
+
+/// The scalars of a scrape, as [`Endpoint::scalars`] returns them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct LoadScalars {
+    pub waiting: Option<f64>,
+    pub running: Option<f64>,
+    pub kv_usage: Option<f64>,
+    /// `None` until the first good scrape.
+    pub taken_at: Option<Instant>,
+}
+
+/// `Option<f64>` as bits (`None` is one NaN pattern extract never stores) and the scrape's
+/// instant as nanoseconds since [`epoch`] plus one (0 = never scraped).
+#[derive(Debug)]
+struct HotLoad {
+    waiting: AtomicU64,
+    running: AtomicU64,
+    kv: AtomicU64,
+    taken_at: AtomicU64,
+}
+
+const NONE_BITS: u64 = u64::MAX;
+
+impl Default for HotLoad {
+    fn default() -> Self {
+        HotLoad {
+            waiting: AtomicU64::new(NONE_BITS),
+            running: AtomicU64::new(NONE_BITS),
+            kv: AtomicU64::new(NONE_BITS),
+            taken_at: AtomicU64::new(0),
+        }
+    }
+}
+
+impl HotLoad {
+    fn write(&self, l: &ScrapedLoad) {
+        let bits = |v: Option<f64>| v.filter(|v| !v.is_nan()).map_or(NONE_BITS, f64::to_bits);
+        self.waiting.store(bits(l.waiting), Relaxed);
+        self.running.store(bits(l.running), Relaxed);
+        self.kv.store(bits(l.kv_usage), Relaxed);
+        let nanos = l.taken_at.saturating_duration_since(epoch()).as_nanos();
+        self.taken_at
+            .store(u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1, Relaxed);
+    }
+
+    fn read(&self) -> LoadScalars {
+        let value = |a: &AtomicU64| {
+            let b = a.load(Relaxed);
+            (b != NONE_BITS).then(|| f64::from_bits(b))
+        };
+        let t = self.taken_at.load(Relaxed);
+        LoadScalars {
+            waiting: value(&self.waiting),
+            running: value(&self.running),
+            kv_usage: value(&self.kv),
+            taken_at: (t != 0).then(|| epoch() + Duration::from_nanos(t - 1)),
+        }
+    }
+}
+
+/// Origin of the nanosecond timestamps: well before any instant this process handles (tests
+/// make scrapes "taken" seconds ago), so none saturates to it.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(|| {
+        let now = Instant::now();
+        [86_400 * 365, 86_400, 3_600, 60]
+            .into_iter()
+            .find_map(|s| now.checked_sub(Duration::from_secs(s)))
+            .unwrap_or(now)
+    })
 }
 
 /// `host:port` of a URL (or the URL itself when it has no scheme).
@@ -270,6 +345,39 @@ mod tests {
         );
         d.name = Some("vllm-0".into());
         assert_eq!(Endpoint::new(EndpointId(1), &d).label(), "vllm-0");
+    }
+
+    #[test]
+    fn scalars_follow_the_last_scrape() {
+        let e = Endpoint::new(EndpointId(1), &DiscoveredEndpoint::ready("http://a:1"));
+        assert_eq!(e.scalars().taken_at, None);
+        assert_eq!(e.scalars().waiting, None);
+        let taken_at = Instant::now() - Duration::from_secs(30);
+        e.record_scrape(
+            ScrapedLoad {
+                flavor: infergate_config::Flavor::Vllm,
+                waiting: Some(3.0),
+                running: None,
+                kv_usage: Some(0.5),
+                kv_capacity_tokens: None,
+                lora: Default::default(),
+                prefix_cache: Default::default(),
+                taken_at,
+            },
+            0,
+        );
+        let s = e.scalars();
+        assert_eq!(
+            (s.waiting, s.running, s.kv_usage),
+            (Some(3.0), None, Some(0.5))
+        );
+        let back = s.taken_at.expect("taken");
+        let diff = if back > taken_at {
+            back - taken_at
+        } else {
+            taken_at - back
+        };
+        assert!(diff < Duration::from_micros(1), "{diff:?}");
     }
 
     #[test]

@@ -190,8 +190,7 @@ impl Pool {
 
     /// How usable `ep` is at `now`.
     pub fn health(&self, ep: &Endpoint, now: Instant) -> EndpointHealth {
-        let taken_at = ep.with_load(|l| l.map(|l| l.taken_at));
-        self.health_at(ep, taken_at, now)
+        self.health_at(ep, ep.scalars().taken_at, now)
     }
 
     /// [`Pool::health`] for an endpoint whose last good scrape was taken at `taken_at`.
@@ -260,33 +259,28 @@ impl Pool {
             .iter()
             .enumerate()
             .map(|(i, e)| {
-                e.with_load(|load| {
-                    let h = self.health_at(e, load.map(|l| l.taken_at), now);
-                    let fresh = if h.stale { None } else { load };
-                    let lora = lora_loads
-                        .get(i)
-                        .and_then(|l| l.as_deref())
-                        .filter(|_| !h.stale)
-                        .map(|l| &l.lora);
-                    EndpointView {
-                        ready: e.discovered_ready() && !e.is_removed() && !h.scrape_unready,
-                        ejected: h.ejected,
-                        terminating: e.is_terminating(),
-                        waiting: fresh.and_then(|l| l.waiting),
-                        running: fresh.and_then(|l| l.running),
-                        kv_usage: fresh.and_then(|l| l.kv_usage),
-                        inflight: e.inflight(),
-                        picks_since_scrape: if fresh.is_some() {
-                            e.picks_since_scrape()
-                        } else {
-                            0
-                        },
-                        loras: lora.map_or(no_loras, |l| &l.running),
-                        waiting_loras: lora.map_or(no_loras, |l| &l.waiting),
-                        max_lora: lora.and_then(|l| l.max_lora),
-                        prefix_blocks: blocks[i],
-                    }
-                })
+                let load = e.scalars();
+                let h = self.health_at(e, load.taken_at, now);
+                let fresh = !h.stale;
+                let lora = lora_loads
+                    .get(i)
+                    .and_then(|l| l.as_deref())
+                    .filter(|_| fresh)
+                    .map(|l| &l.lora);
+                EndpointView {
+                    ready: e.discovered_ready() && !e.is_removed() && !h.scrape_unready,
+                    ejected: h.ejected,
+                    terminating: e.is_terminating(),
+                    waiting: load.waiting.filter(|_| fresh),
+                    running: load.running.filter(|_| fresh),
+                    kv_usage: load.kv_usage.filter(|_| fresh),
+                    inflight: e.inflight(),
+                    picks_since_scrape: if fresh { e.picks_since_scrape() } else { 0 },
+                    loras: lora.map_or(no_loras, |l| &l.running),
+                    waiting_loras: lora.map_or(no_loras, |l| &l.waiting),
+                    max_lora: lora.and_then(|l| l.max_lora),
+                    prefix_blocks: blocks[i],
+                }
             })
             .collect();
         let snapshot = PoolSnapshot {
