@@ -6,6 +6,7 @@
 #
 #   scripts/bench-proxy.sh            # wrk at 2 threads / 64 connections, 5 s per phase
 #   DURATION=10 CONNS=128 STREAMS=1000 scripts/bench-proxy.sh
+#   NO_BUILD=1 scripts/bench-proxy.sh   # use the release binaries already in target/
 #
 # Needs wrk and nginx (scripts/install-tools.sh installs both).
 set -euo pipefail
@@ -23,8 +24,10 @@ command -v wrk >/dev/null || { log "wrk is missing: run scripts/install-tools.sh
 [ -x "$nginx_bin" ] || { log "nginx is missing: run scripts/install-tools.sh"; exit 1; }
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 
-log "building (release)"
-(cd "$root" && cargo build --release -q --bin infergate && cargo build --release -q -p infergate-gateway --example echo_upstream --example bench_client)
+if [ -z "${NO_BUILD:-}" ]; then
+  log "building (release)"
+  (cd "$root" && cargo build --release -q --bin infergate && cargo build --release -q -p infergate-gateway --example echo_upstream --example bench_client)
+fi
 bin="$root/target/release"
 ex="$root/target/release/examples"
 
