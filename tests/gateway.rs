@@ -218,21 +218,30 @@ async fn proxies_plain_streaming_and_h2c_requests_and_counts_them() {
     let h2 = send_with(&h2c_client(), "POST", &api, CHAT, &[]).await;
     assert_eq!(h2.status, 200, "{}", h2.text());
 
+    // Embeddings are forwarded too, path and query kept.
+    let e = post(
+        &format!("{}/v1/embeddings?trace=1", gw.url("gateway")),
+        r#"{"model":"m","input":["a","b"]}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(e.status, 200, "{}", e.text());
+
     // /v1/models from the configuration.
     let models = get(&format!("{}/v1/models", gw.url("gateway"))).await;
     assert_eq!(models.status, 200);
     assert_eq!(models.json()["data"][0]["id"], "m");
 
     // The admin port: counters from the traffic, usage from bodies and streams, TTFT.
-    let page = metrics_until(&gw, "three answered requests with usage", |p| {
+    let page = metrics_until(&gw, "four answered requests with usage", |p| {
         sample(
             p,
             r#"infergate_requests_total{pool="p",model="m",status="200"}"#,
-        ) == Some(3.0)
+        ) == Some(4.0)
             && sample(
                 p,
                 r#"infergate_completion_tokens_total{pool="p",model="m"}"#,
-            ) == Some(9.0)
+            ) == Some(12.0)
     })
     .await;
     assert_eq!(
@@ -240,21 +249,21 @@ async fn proxies_plain_streaming_and_h2c_requests_and_counts_them() {
             &page,
             r#"infergate_requests_received_total{pool="p",model="m"}"#
         ),
-        Some(3.0)
+        Some(4.0)
     );
     assert_eq!(
         sample(
             &page,
             r#"infergate_prompt_tokens_total{pool="p",model="m"}"#
         ),
-        Some(33.0)
+        Some(44.0)
     );
     assert_eq!(
         sample(
             &page,
             r#"infergate_time_to_first_token_seconds_count{pool="p",model="m"}"#
         ),
-        Some(3.0)
+        Some(4.0)
     );
     for name in [
         "infergate_request_duration_seconds_count",
@@ -385,6 +394,29 @@ async fn retries_a_dead_endpoint_on_a_live_one() {
         .is_some_and(|v| v >= 1.0),
         "{page}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_is_retried_on_another_endpoint_then_passed_on() {
+    let a = upstream::start().await;
+    let b = upstream::start().await;
+    let cfg = write_config("retry503", &[a.url(), b.url()], "");
+    let gw = spawn_gateway(&cfg);
+    let api = format!("{}/v1/chat/completions", gw.url("gateway"));
+    let r = post(&api, CHAT, &[("x-test", "status-503")]).await;
+    // Both endpoints said 503: one retry (the only other endpoint), then the answer as it is.
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"]["message"], "busy");
+    let tried = a.state.requests.load(Ordering::SeqCst) + b.state.requests.load(Ordering::SeqCst);
+    assert_eq!(tried, 2);
+    metrics_until(&gw, "one retry after a 503", |p| {
+        sample(p, r#"infergate_retries_total{pool="p"}"#) == Some(1.0)
+            && sample(
+                p,
+                r#"infergate_upstream_errors_total{pool="p",kind="status_503"}"#,
+            ) == Some(2.0)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
