@@ -169,11 +169,14 @@ pub fn plan(sc: &Scenario, opts: &PlanOptions) -> Result<PlanReport, ScenarioErr
     };
     let mut jobs = vec![spec(
         "autoscaled",
-        PoolMode::Autoscaled(sc.autoscaling.clone()),
+        PoolMode::Autoscaled(Box::new(sc.autoscaling.clone())),
     )];
     if opts.compare {
         for v in &sc.variants {
-            jobs.push(spec(&v.name, PoolMode::Autoscaled(v.autoscaling.clone())));
+            jobs.push(spec(
+                &v.name,
+                PoolMode::Autoscaled(Box::new(v.autoscaling.clone())),
+            ));
         }
     }
     if let FixedSizing::Pods(n) = opts.fixed {

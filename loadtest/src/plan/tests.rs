@@ -58,8 +58,8 @@ fn run(sc: &Scenario, pool: PoolMode) -> RunResult {
 #[test]
 fn same_seed_same_result() {
     let sc = small("fixed:200:50");
-    let a = run(&sc, PoolMode::Autoscaled(sc.autoscaling.clone()));
-    let b = run(&sc, PoolMode::Autoscaled(sc.autoscaling.clone()));
+    let a = run(&sc, PoolMode::Autoscaled(Box::new(sc.autoscaling.clone())));
+    let b = run(&sc, PoolMode::Autoscaled(Box::new(sc.autoscaling.clone())));
     let strip = |mut r: RunResult| {
         r.summary.sim_wall_s = 0.0;
         r
@@ -67,7 +67,10 @@ fn same_seed_same_result() {
     assert_eq!(strip(a.clone()), strip(b));
     let mut other = sc.clone();
     other.seed = 4;
-    let c = run(&other, PoolMode::Autoscaled(sc.autoscaling.clone()));
+    let c = run(
+        &other,
+        PoolMode::Autoscaled(Box::new(sc.autoscaling.clone())),
+    );
     assert_ne!(a.summary.requests, c.summary.requests);
 }
 
@@ -77,7 +80,7 @@ fn every_request_completes_or_fails_exactly_once() {
     let sc = small("shared-prefix:4:512:3:64:32");
     let (plan, _) = workload_plan(&sc).expect("plan");
     for pool in [
-        PoolMode::Autoscaled(sc.autoscaling.clone()),
+        PoolMode::Autoscaled(Box::new(sc.autoscaling.clone())),
         PoolMode::Fixed(1),
         PoolMode::Fixed(4),
     ] {
@@ -131,7 +134,7 @@ fn pod_hours_of_a_fixed_pool_are_pods_times_span() {
 #[test]
 fn autoscaler_scales_up_under_load_and_pays_for_cold_starts() {
     let sc = small("fixed:300:100");
-    let r = run(&sc, PoolMode::Autoscaled(sc.autoscaling.clone()));
+    let r = run(&sc, PoolMode::Autoscaled(Box::new(sc.autoscaling.clone())));
     let s = &r.summary;
     assert!(
         r.events.iter().any(|e| e.to > e.from),
@@ -153,7 +156,7 @@ fn scale_to_zero_holds_requests_and_wakes_the_pool() {
     sc.autoscaling.idle_window = Duration::from_secs(30);
     sc.pods.initial = Some(0);
     // Quiet at first, so nothing arrives before the pool is asked to wake.
-    let r = run(&sc, PoolMode::Autoscaled(sc.autoscaling.clone()));
+    let r = run(&sc, PoolMode::Autoscaled(Box::new(sc.autoscaling.clone())));
     let s = &r.summary;
     assert!(
         r.events.iter().any(|e| e.from == 0 && e.to > 0),

@@ -27,26 +27,25 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 use infergate_autoscaler::policy::ScalerState;
-use infergate_autoscaler::signals::{GatewayLoad, GatewayReading, PodLoads, Replicas, Signals};
 use infergate_config::AutoscalingConfig;
-use infergate_gateway::flow::{Push, WaitQueue};
-use infergate_gateway::picker::{
-    self, Balance, EndpointId, EndpointView, Pick, PoolSnapshot, PrefixIndex, PrefixMatch,
-    Saturation,
-};
+use infergate_gateway::flow::WaitQueue;
+use infergate_gateway::picker::{EndpointId, PrefixIndex, PrefixMatch};
+
+mod gateway;
+mod scaler;
 
 use super::pod::{Pod, PodState};
 use super::report::{Recorder, RunResult, ScaleEvent, SeriesPoint};
-use super::request::{self, ChatTurn, Prompt};
+use super::request::{ChatTurn, Prompt};
 use super::scenario::{Scenario, ScenarioError};
 use crate::generate::workload::Plan;
-use crate::sim::{Engine, EngineConfig, EngineRequest, Profile, RequestId};
+use crate::sim::{Engine, EngineConfig, Profile, RequestId};
 
 /// How the pool is sized.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PoolMode {
     /// By the autoscaling policy with these settings.
-    Autoscaled(AutoscalingConfig),
+    Autoscaled(Box<AutoscalingConfig>),
     /// A fixed number of pods, ready from the start.
     Fixed(u32),
 }
@@ -168,9 +167,10 @@ impl<'a> World<'a> {
     ) -> World<'a> {
         let (initial, scaler) = match &spec.pool {
             PoolMode::Fixed(n) => (*n, None),
-            PoolMode::Autoscaled(cfg) => {
-                (sc.initial_pods(cfg), Some(ScalerState::new(cfg.clone())))
-            }
+            PoolMode::Autoscaled(cfg) => (
+                sc.initial_pods(cfg),
+                Some(ScalerState::new((**cfg).clone())),
+            ),
         };
         let mut w = World {
             sc,
@@ -302,183 +302,6 @@ impl<'a> World<'a> {
         self.peak_pods = self.peak_pods.max(alive);
     }
 
-    /// A session's turn `turn` reaches the gateway.
-    fn start_turn(&mut self, session: u32, turn: u32) {
-        let plan = &self.plan.sessions[session as usize];
-        let Some(t) = plan.turns.get(turn as usize) else {
-            self.sessions.remove(&session);
-            return;
-        };
-        let mut messages = self.sessions.remove(&session).unwrap_or_default();
-        if turn == 0
-            && let Some((_, system)) = &plan.system
-        {
-            messages.push(ChatTurn {
-                role: "system",
-                content: system.clone(),
-            });
-        }
-        messages.push(ChatTurn {
-            role: "user",
-            content: plan.user_text(turn as usize).into(),
-        });
-        let prompt = request::build(
-            &messages,
-            &self.sc.model,
-            t.max_tokens,
-            &self.sc.picker.prefix,
-        );
-        if (turn as usize) + 1 < plan.turns.len() {
-            self.sessions.insert(session, messages);
-        }
-        self.rec.minute_arrivals += 1;
-        self.first_arrival.get_or_insert(self.now);
-        let id = self.next_req;
-        self.next_req += 1;
-        self.reqs.insert(
-            id,
-            Req {
-                session,
-                turn,
-                arrived: self.now,
-                prompt: Some(prompt),
-                pod: 0,
-                first_token: None,
-            },
-        );
-        if self.queue.is_empty() && self.try_dispatch(id) {
-            return;
-        }
-        match self.queue.push(1, id) {
-            Push::Queued { evicted, .. } => {
-                if let Some((_, old)) = evicted {
-                    self.fail(old, "queue_full");
-                }
-            }
-            Push::Refused(id) => self.fail(id, "queue_full"),
-        }
-        self.drain_queue();
-    }
-
-    /// Asks the picker for request `id`; on a pick, sends it. Returns false on `Hold`.
-    fn try_dispatch(&mut self, id: RequestId) -> bool {
-        let Some(req) = self.reqs.get(&id) else {
-            return true;
-        };
-        let Some(prompt) = req.prompt.as_ref() else {
-            return true;
-        };
-        // The pool's listed endpoints: every pod not gone (starting ones are listed unready).
-        let listed: Vec<usize> = (0..self.pods.len())
-            .filter(|&i| self.pods[i].is_alive())
-            .collect();
-        let mut blocks = vec![0u32; listed.len()];
-        if !prompt.facts.prefix.is_empty() {
-            self.prefix.lookup(&prompt.facts.prefix, &mut self.matches);
-            for m in &self.matches {
-                if let Some(v) = listed.iter().position(|&i| self.pods[i].id == m.endpoint) {
-                    blocks[v] = m.blocks;
-                }
-            }
-        }
-        let views: Vec<EndpointView<'_>> = listed
-            .iter()
-            .zip(&blocks)
-            .map(|(&i, &prefix_blocks)| {
-                let p = &self.pods[i];
-                let l = p.scraped;
-                EndpointView {
-                    ready: matches!(p.state, PodState::Ready | PodState::Draining),
-                    ejected: false,
-                    terminating: p.state == PodState::Draining,
-                    waiting: l.map(|l| l.waiting),
-                    running: l.map(|l| l.running),
-                    kv_usage: l.map(|l| l.kv_usage),
-                    inflight: p.inflight,
-                    picks_since_scrape: if l.is_some() {
-                        u32::try_from(p.picks_total - p.picks_at_scrape).unwrap_or(u32::MAX)
-                    } else {
-                        0
-                    },
-                    prefix_blocks,
-                    ..EndpointView::default()
-                }
-            })
-            .collect();
-        let snapshot = PoolSnapshot {
-            endpoints: &views,
-            rr_cursor: self.rr,
-            policy: self.sc.picker.policy,
-            weights: &self.sc.picker.weights,
-            saturation: Saturation::from(&self.sc.flow),
-            balance: Balance::default(),
-        };
-        self.rr = self.rr.wrapping_add(1);
-        let index = match picker::pick(&snapshot, &prompt.facts) {
-            Pick::Endpoint { index, .. } => index,
-            Pick::Hold { .. } => return false,
-        };
-        let p = listed[index];
-        drop(views);
-        let Some(req) = self.reqs.get_mut(&id) else {
-            return true;
-        };
-        let Some(prompt) = req.prompt.take() else {
-            return true;
-        };
-        if req.arrived < self.now {
-            self.rec.held(self.now - req.arrived);
-        }
-        req.pod = p as u32;
-        self.prefix.record(&prompt.facts.prefix, self.pods[p].id);
-        let pod = &mut self.pods[p];
-        pod.inflight += 1;
-        pod.picks_total += 1;
-        let added = pod.engine.add_request(
-            EngineRequest {
-                id,
-                prompt_tokens: prompt.tokens,
-                max_tokens: prompt.facts.max_tokens.unwrap_or(1),
-                ignore_eos: true,
-                min_tokens: 0,
-            },
-            self.now,
-        );
-        if added.is_err() {
-            pod.inflight -= 1;
-            self.fail(id, "rejected");
-            return true;
-        }
-        if !pod.stepping {
-            self.start_step(p);
-        }
-        true
-    }
-
-    /// Retries the queue's head until the picker holds it again, dropping timed-out waiters.
-    fn drain_queue(&mut self) {
-        loop {
-            let Some((_, &head)) = self.queue.head() else {
-                return;
-            };
-            let expired = self
-                .reqs
-                .get(&head)
-                .is_none_or(|r| self.now.saturating_sub(r.arrived) >= self.sc.flow.queue_timeout);
-            if expired {
-                self.queue.pop_head();
-                if self.reqs.contains_key(&head) {
-                    self.fail(head, "queue_timeout");
-                }
-                continue;
-            }
-            if !self.try_dispatch(head) {
-                return;
-            }
-            self.queue.pop_head();
-        }
-    }
-
     fn start_step(&mut self, p: usize) {
         let pod = &mut self.pods[p];
         match pod.engine.step(self.now) {
@@ -532,137 +355,12 @@ impl<'a> World<'a> {
         }
     }
 
-    fn next_turn(&mut self, req: &Req, output_tokens: u32) {
-        let plan = &self.plan.sessions[req.session as usize];
-        let next = req.turn + 1;
-        if (next as usize) < plan.turns.len() {
-            let seed = plan.turns[req.turn as usize].text_seed;
-            if let Some(msgs) = self.sessions.get_mut(&req.session) {
-                msgs.push(ChatTurn {
-                    role: "assistant",
-                    content: request::answer_text(output_tokens, seed),
-                });
-            }
-            self.pending_turns += 1;
-            self.schedule(
-                self.now + self.spec.think_time,
-                Ev::Turn {
-                    session: req.session,
-                    turn: next,
-                },
-            );
-        }
-    }
-
-    fn fail(&mut self, id: RequestId, reason: &'static str) {
-        let Some(req) = self.reqs.remove(&id) else {
-            return;
-        };
-        self.rec.failed(reason);
-        let plan = &self.plan.sessions[req.session as usize];
-        let rest = plan.turns.len().saturating_sub(req.turn as usize + 1) as u64;
-        self.rec.skipped_turns += rest;
-        self.sessions.remove(&req.session);
-    }
-
     fn remove_pod(&mut self, p: usize) {
         let pod = &mut self.pods[p];
         pod.state = PodState::Gone;
+        // Like the live pool, the prefix index is not purged: ids are never reused, and entries
+        // for a gone pod age out of the CLOCK ring (purging is linear in the index's size).
         pod.removed = Some(self.now);
-        let id = pod.id;
-        self.prefix.forget(id);
-    }
-
-    fn scaler_wants_ttft(&self) -> bool {
-        self.scaler
-            .as_ref()
-            .is_some_and(|s| s.config.targets.ttft_p90.is_some())
-    }
-
-    /// One autoscaler interval: signals, the policy, the actuator.
-    fn decide(&mut self) {
-        let Some(scaler) = self.scaler.as_mut() else {
-            return;
-        };
-        let mut pods = PodLoads::default();
-        let (mut ready, mut starting) = (0, 0);
-        let mut in_flight = 0u32;
-        for pod in &self.pods {
-            match pod.state {
-                PodState::Ready => {
-                    ready += 1;
-                    pods.add(Some(pod.load()));
-                }
-                PodState::Starting => starting += 1,
-                _ => {}
-            }
-            in_flight += pod.inflight;
-        }
-        let window = Duration::from_secs(30);
-        while self
-            .recent_ttft
-            .front()
-            .is_some_and(|(t, _)| self.now.saturating_sub(*t) > window)
-        {
-            self.recent_ttft.pop_front();
-        }
-        let ttft_p90 = (!self.recent_ttft.is_empty()).then(|| {
-            let mut v: Vec<Duration> = self.recent_ttft.iter().map(|(_, d)| *d).collect();
-            v.sort();
-            v[((v.len() as f64 * 0.9).ceil() as usize).clamp(1, v.len()) - 1]
-        });
-        let signals = Signals {
-            replicas: Replicas {
-                wanted: self.wanted,
-                ready,
-                starting,
-            },
-            pods,
-            gateway: GatewayLoad::Known(GatewayReading {
-                held: self.queue.len() as f64,
-                in_flight: Some(f64::from(in_flight)),
-                arrival_rate: None,
-                ttft_p90,
-            }),
-        };
-        let rec = scaler.step(&signals, self.now);
-        if rec.replicas != self.wanted {
-            self.events.push(ScaleEvent {
-                t_s: self.now.as_secs_f64(),
-                from: self.wanted,
-                to: rec.replicas,
-                reason: rec.reason.as_str().to_string(),
-                mode: rec.mode.as_str().to_string(),
-            });
-            self.wanted = rec.replicas;
-            self.actuate();
-        }
-    }
-
-    /// Brings the replicas (starting + ready) to `wanted`: new pods start cold; removals take
-    /// starting pods first, then the newest ready ones (as a ReplicaSet does), which drain.
-    fn actuate(&mut self) {
-        let replicas = self.pods.iter().filter(|p| p.is_replica()).count() as u32;
-        for _ in replicas..self.wanted {
-            self.add_pod(PodState::Starting);
-        }
-        let mut excess = replicas.saturating_sub(self.wanted);
-        for want in [PodState::Starting, PodState::Ready] {
-            for p in (0..self.pods.len()).rev() {
-                if excess == 0 {
-                    return;
-                }
-                if self.pods[p].state != want {
-                    continue;
-                }
-                excess -= 1;
-                if want == PodState::Starting || self.pods[p].inflight == 0 {
-                    self.remove_pod(p);
-                } else {
-                    self.pods[p].state = PodState::Draining;
-                }
-            }
-        }
     }
 
     fn sample(&mut self) {
