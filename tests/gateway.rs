@@ -649,3 +649,40 @@ async fn quick_start_in_front_of_infergate_sim() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_still_held_at_the_drain_timeout_gets_a_503() {
+    let up = upstream::start().await;
+    *up.state.waiting.lock().expect("lock") = (50.0, 0.99);
+    let cfg = write_config(
+        "drain-held",
+        &[up.url()],
+        "  flow: { saturation_queue: 5, saturation_kv: 0.9, queue_timeout: 60s }\n  shutdown: { drain_timeout: 300ms }",
+    );
+    let mut gw = spawn_gateway(&cfg);
+    let l = up.addr.to_string();
+    metrics_until(&gw, "the saturated load scraped", |p| {
+        sample(
+            p,
+            &format!(r#"infergate_endpoint_waiting_requests{{pool="p",endpoint="{l}"}}"#),
+        ) == Some(50.0)
+    })
+    .await;
+    let api = format!("{}/v1/chat/completions", gw.url("gateway"));
+    let held = tokio::spawn(async move { post(&api, CHAT, &[]).await });
+    metrics_until(&gw, "one queued request", |p| {
+        sample(p, r#"infergate_pool_queued_requests{pool="p"}"#) == Some(1.0)
+    })
+    .await;
+    let pid = nix::unistd::Pid::from_raw(gw.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signal");
+    let answer = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("answered in time")
+        .expect("join");
+    assert_eq!(answer.status, 503, "{}", answer.text());
+    assert!(answer.headers.contains_key("retry-after"));
+    let status =
+        tokio::task::block_in_place(|| gw.terminate(Duration::from_secs(10))).expect("exited");
+    assert!(status.success(), "exit status {status:?}");
+}

@@ -4,8 +4,9 @@
 //!
 //! Shutdown, in order: `/readyz` turns 503 and the data listener closes (new connections are
 //! refused); open connections finish their in-flight requests (streams included) and close, for
-//! at most `shutdown.drain_timeout`; then whatever is left is cut, the background tasks stop, and
-//! the admin port closes last (so the drain is observable on it).
+//! at most `shutdown.drain_timeout`; then requests still held in flow control are answered 503,
+//! whatever is left is cut, the background tasks stop, and the admin port closes last (so the
+//! drain is observable on it).
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -192,6 +193,7 @@ impl Gateway {
             g.limits.clone(),
             drain.clone(),
             g.shutdown.drain_timeout,
+            background.clone(),
         ));
         let task = tokio::spawn(async move {
             let _ = data_task.await;
@@ -292,6 +294,7 @@ async fn serve_data(
     limits: infergate_config::LimitsConfig,
     drain: CancellationToken,
     drain_timeout: Duration,
+    background: CancellationToken,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -350,9 +353,15 @@ async fn serve_data(
         connections = graceful.count(),
         "draining: no new connections, waiting for in-flight requests"
     );
+    let drained = graceful.shutdown();
+    tokio::pin!(drained);
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("drained"),
+        _ = &mut drained => tracing::info!("drained"),
         _ = tokio::time::sleep(drain_timeout) => {
+            // Requests still held in flow control get their 503 (the dispatchers answer every
+            // waiter when stopped) before the remaining connections are cut.
+            background.cancel();
+            let _ = tokio::time::timeout(Duration::from_millis(200), &mut drained).await;
             tracing::warn!("drain timeout: closing the remaining connections");
             hard_stop.cancel();
         }
