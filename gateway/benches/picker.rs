@@ -161,6 +161,18 @@ fn bench_pick(c: &mut Criterion) {
             hash(&prefix_cfg, black_box(&all[i]))
         })
     });
+    // The floor under hashing: one xxh3 over the same 16 KiB, no blocks, no chaining.
+    let joined: Vec<String> = all
+        .iter()
+        .take(64)
+        .map(|p| format!("{}{}", p.system, p.user))
+        .collect();
+    g.bench_function("xxh3_16k_one_shot_reference", |b| {
+        b.iter(|| {
+            i = (i + 1) % joined.len();
+            xxhash_rust::xxh3::xxh3_64(black_box(joined[i].as_bytes()))
+        })
+    });
     let facts: Vec<RequestFacts> = all.iter().take(64).map(|p| hash(&prefix_cfg, p)).collect();
     g.bench_function("pool_pick_64_endpoints", |b| {
         b.iter(|| {
