@@ -28,6 +28,9 @@ pub struct CompareArgs {
     /// Override every scenario's run duration (e.g. `20s`).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<std::time::Duration>,
+    /// Override every scenario's rates (comma-separated, in the scenario's `rate_unit`).
+    #[arg(long, value_delimiter = ',')]
+    rates: Vec<f64>,
     /// Override the pods' engine clock multiplier.
     #[arg(long)]
     speed: Option<f64>,
@@ -84,6 +87,9 @@ pub async fn run(a: CompareArgs) -> anyhow::Result<()> {
         }
         if let Some(d) = a.duration {
             s.duration = d;
+        }
+        if !a.rates.is_empty() {
+            s.rates = a.rates.clone();
         }
         if let Some(speed) = a.speed {
             s.pods.speed = speed;
