@@ -7,6 +7,10 @@
 #   scripts/bench-proxy.sh            # wrk at 2 threads / 64 connections, 5 s per phase
 #   DURATION=10 CONNS=128 STREAMS=1000 scripts/bench-proxy.sh
 #   NO_BUILD=1 scripts/bench-proxy.sh   # use the release binaries already in target/
+#   WORKERS=1 scripts/bench-proxy.sh    # the gateway's --workers (default: one per core)
+#   BASELINE_BIN=/tmp/infergate-old scripts/bench-proxy.sh  # also measure another build ("baseline")
+#
+# The last line, `summary: ...`, carries every figure as key=value for scripts that take medians.
 #
 # Needs wrk and nginx (scripts/install-tools.sh installs both).
 set -euo pipefail
@@ -17,6 +21,8 @@ CONNS=${CONNS:-64}
 STREAMS=${STREAMS:-1000}
 CHUNKS=${CHUNKS:-20}
 INTERVAL_MS=${INTERVAL_MS:-50}
+WORKERS=${WORKERS:-0}
+BASELINE_BIN=${BASELINE_BIN:-}
 log() { printf '[bench-proxy] %s\n' "$*" >&2; }
 
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
@@ -57,7 +63,13 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 up=$(start sim "$tmp/up.out" "$ex/echo_upstream" 127.0.0.1:0)
 gw=$(start gateway "$tmp/gw.out" "$bin/infergate" gateway --model m --endpoints "http://$up" \
-  --flavor vllm --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0)
+  --flavor vllm --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --workers "$WORKERS")
+gateways=(infergate)
+if [ -n "$BASELINE_BIN" ]; then
+  base=$(start gateway "$tmp/base.out" "$BASELINE_BIN" gateway --model m --endpoints "http://$up" \
+    --flavor vllm --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0)
+  gateways+=(baseline)
+fi
 ngx_port=$(free_port)
 mkdir -p "$tmp/nginx"
 cat >"$tmp/nginx.conf" <<NGINX
@@ -113,8 +125,8 @@ run_wrk() {
 }
 
 declare -A RPS P50 P99 BAD
-for target in direct infergate nginx; do
-  case $target in direct) a=$up ;; infergate) a=$gw ;; nginx) a=$ngx ;; esac
+for target in direct "${gateways[@]}" nginx; do
+  case $target in direct) a=$up ;; infergate) a=$gw ;; baseline) a=$base ;; nginx) a=$ngx ;; esac
   log "wrk $target: ${THREADS} threads, ${CONNS} connections, ${DURATION}s"
   wrk -t1 -c4 -d1s -s "$tmp/post.lua" "http://$a/v1/chat/completions" >/dev/null  # warm-up
   read -r r p50 p99 bad < <(run_wrk "http://$a")
@@ -123,8 +135,8 @@ done
 
 half=$(( ${RPS[infergate]} / 2 ))
 declare -A RP50 RP99 RACH
-for target in direct infergate nginx; do
-  case $target in direct) a=$up ;; infergate) a=$gw ;; nginx) a=$ngx ;; esac
+for target in direct "${gateways[@]}" nginx; do
+  case $target in direct) a=$up ;; infergate) a=$gw ;; baseline) a=$base ;; nginx) a=$ngx ;; esac
   log "open loop $target at $half req/s for ${DURATION}s"
   line=$("$ex/bench_client" rate "http://$a/v1/chat/completions" "$half" "$DURATION")
   RP50[$target]=$(sed -n 's/.*p50_us=\([0-9]*\).*/\1/p' <<<"$line")
@@ -133,8 +145,8 @@ for target in direct infergate nginx; do
 done
 
 declare -A SP50 SP99 SDONE
-for target in direct infergate; do
-  case $target in direct) a=$up ;; infergate) a=$gw ;; esac
+for target in direct "${gateways[@]}"; do
+  case $target in direct) a=$up ;; infergate) a=$gw ;; baseline) a=$base ;; esac
   log "$STREAMS concurrent SSE streams via $target ($CHUNKS chunks, ${INTERVAL_MS} ms apart)"
   line=$("$ex/bench_client" sse "http://$a/v1/chat/completions" "$STREAMS" "$CHUNKS" "$INTERVAL_MS")
   SP50[$target]=$(sed -n 's/.*p50_us=\([0-9]*\).*/\1/p' <<<"$line")
@@ -148,20 +160,29 @@ echo
 echo "Closed loop (wrk -t$THREADS -c$CONNS -d${DURATION}s, 1 KiB JSON POST -> 1 KiB JSON):"
 printf '| %-9s | %9s | %8s | %8s | %7s |\n' target "req/s" "p50 us" "p99 us" non-2xx
 printf '|%s|%s|%s|%s|%s|\n' ----------- ----------- ---------- ---------- ---------
-for t in direct infergate nginx; do
+for t in direct "${gateways[@]}" nginx; do
   printf '| %-9s | %9s | %8s | %8s | %7s |\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "${BAD[$t]}"
 done
 echo
 echo "Open loop at half of infergate's peak ($half req/s, ${DURATION}s, latency from the scheduled start):"
 printf '| %-9s | %9s | %8s | %8s | %14s |\n' target "achieved" "p50 us" "p99 us" "p99 added us"
 printf '|%s|%s|%s|%s|%s|\n' ----------- ----------- ---------- ---------- ----------------
-for t in direct infergate nginx; do
+for t in direct "${gateways[@]}" nginx; do
   printf '| %-9s | %9s | %8s | %8s | %14s |\n' "$t" "${RACH[$t]}" "${RP50[$t]}" "${RP99[$t]}" "$(( ${RP99[$t]} - ${RP99[direct]} ))"
 done
 echo
 echo "$STREAMS concurrent SSE streams, $CHUNKS chunks ${INTERVAL_MS} ms apart (chunk delivery delay, send -> receive):"
 printf '| %-9s | %9s | %8s | %8s | %14s |\n' target complete "p50 us" "p99 us" "p99 added us"
 printf '|%s|%s|%s|%s|%s|\n' ----------- ----------- ---------- ---------- ----------------
-for t in direct infergate; do
+for t in direct "${gateways[@]}"; do
   printf '| %-9s | %9s | %8s | %8s | %14s |\n' "$t" "${SDONE[$t]}" "${SP50[$t]}" "${SP99[$t]}" "$(( ${SP99[$t]} - ${SP99[direct]} ))"
 done
+echo
+summary="summary:"
+for t in direct "${gateways[@]}" nginx; do
+  summary+=" ${t}_rps=${RPS[$t]} ${t}_p50=${P50[$t]} ${t}_p99=${P99[$t]} ${t}_open_p99=${RP99[$t]} ${t}_open_added=$(( ${RP99[$t]} - ${RP99[direct]} ))"
+done
+for t in direct "${gateways[@]}"; do
+  summary+=" ${t}_sse_p99=${SP99[$t]} ${t}_sse_added=$(( ${SP99[$t]} - ${SP99[direct]} ))"
+done
+echo "$summary"

@@ -12,6 +12,9 @@ pub struct GatewayConfig {
     pub listen: SocketAddr,
     /// Admin port: `/metrics`, `/healthz`, `/readyz`, `/debug/pools`.
     pub admin_listen: SocketAddr,
+    /// Data-plane threads, each with its own listener (SO_REUSEPORT) and upstream connections, so
+    /// a request never hops threads between its client and upstream connections; 0 = one per core.
+    pub workers: usize,
     pub limits: LimitsConfig,
     pub scrape: ScrapeConfig,
     pub picker: PickerConfig,
@@ -26,6 +29,7 @@ impl Default for GatewayConfig {
         GatewayConfig {
             listen: ([0, 0, 0, 0], 8080).into(),
             admin_listen: ([0, 0, 0, 0], 9090).into(),
+            workers: 0,
             limits: LimitsConfig::default(),
             scrape: ScrapeConfig::default(),
             picker: PickerConfig::default(),

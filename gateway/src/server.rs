@@ -2,6 +2,15 @@
 //! the admin port, and their graceful shutdown. [`Gateway::start`] is the one entry point, used by
 //! `infergate gateway` and embedded by `infergate up`.
 //!
+//! The data port is thread-per-core: `gateway.workers` threads, each a current-thread runtime
+//! with its own listener on the same address (`SO_REUSEPORT`: the kernel spreads connections)
+//! and its own upstream client. A request's client connection, upstream connection and body
+//! forwarding then all run on one thread; on a work-stealing runtime each body chunk woke a
+//! task on another thread, and those wake-ups, not the gateway's own code, were most of the
+//! proxy's cost (docs/BENCHMARKS.md, "proxy overhead"). Pools, metrics and flow control are
+//! shared (atomics and locks); discovery, scrapers, flow dispatchers and the admin port stay on
+//! the caller's runtime.
+//!
 //! Shutdown, in order: `/readyz` turns 503 and the data listener closes (new connections are
 //! refused); open connections finish their in-flight requests (streams included) and close, for
 //! at most `shutdown.drain_timeout`; then requests still held in flow control are answered 503,
@@ -19,8 +28,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -30,7 +39,7 @@ use crate::discovery::kubernetes::SliceDiscovery;
 use crate::discovery::{EndpointSet, static_endpoints};
 use crate::flow::FlowControl;
 use crate::pool::Pool;
-use crate::proxy::{PoolCapacity, PoolRoute, Proxy, upstream_client};
+use crate::proxy::{PoolCapacity, PoolRoute, Proxy, UpstreamClient, upstream_client};
 use crate::telemetry::{Metrics, PoolsCollector};
 
 /// What the gateway is started with.
@@ -52,6 +61,8 @@ pub enum GatewayError {
     },
     #[error("pool `{pool}`: {reason}")]
     Discovery { pool: String, reason: String },
+    #[error("cannot start a data-plane worker thread: {0}")]
+    Worker(#[source] std::io::Error),
 }
 
 /// The gateway's entry point.
@@ -158,10 +169,10 @@ impl Gateway {
         let metrics = Arc::new(metrics);
         let proxy = Arc::new(Proxy::new(&config, routes, &metrics, client));
 
+        let workers = worker_count(g.workers);
         let listeners = async {
-            let data = bind("data", g.listen).await?;
+            let (data, data_addr) = bind_data(g.listen, workers)?;
             let admin = bind("admin", g.admin_listen).await?;
-            let data_addr = local_addr("data", g.listen, &data)?;
             let admin_addr = local_addr("admin", g.admin_listen, &admin)?;
             Ok::<_, GatewayError>((data, admin, data_addr, admin_addr))
         };
@@ -187,16 +198,32 @@ impl Gateway {
         });
         let admin_stop = CancellationToken::new();
         let admin_task = tokio::spawn(serve_admin(admin, admin_state, admin_stop.clone()));
-        let data_task = tokio::spawn(serve_data(
-            data,
+        let shared = DataShared {
             proxy,
-            g.limits.clone(),
-            drain.clone(),
-            g.shutdown.drain_timeout,
-            background.clone(),
-        ));
+            limits: g.limits.clone(),
+            permits: Arc::new(Semaphore::new(g.limits.max_connections.max(1))),
+            drain: drain.clone(),
+            drain_timeout: g.shutdown.drain_timeout,
+            background: background.clone(),
+        };
+        let mut done = Vec::with_capacity(data.len());
+        for (i, listener) in data.into_iter().enumerate() {
+            match spawn_worker(i, listener, shared.clone()) {
+                Ok(rx) => done.push(rx),
+                Err(e) => {
+                    // Stop the workers already started, and everything else.
+                    drain.cancel();
+                    background.cancel();
+                    admin_stop.cancel();
+                    return Err(e);
+                }
+            }
+        }
         let task = tokio::spawn(async move {
-            let _ = data_task.await;
+            for rx in done {
+                // An error means the worker thread ended without a word (a panic): also done.
+                let _ = rx.await;
+            }
             background.cancel();
             admin_stop.cancel();
             let _ = admin_task.await;
@@ -272,6 +299,92 @@ async fn follow_discovery(
     }
 }
 
+/// `configured` workers, or one per core for 0.
+fn worker_count(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The data port's listeners, one per worker, all on one address: the first binds (port 0 picks
+/// the port), the others join it with `SO_REUSEPORT`. Returned as std listeners, because each is
+/// registered with its own worker's runtime.
+fn bind_data(
+    addr: SocketAddr,
+    workers: usize,
+) -> Result<(Vec<std::net::TcpListener>, SocketAddr), GatewayError> {
+    let err = |source| GatewayError::Bind {
+        role: "data",
+        addr,
+        source,
+    };
+    let mut listeners = Vec::with_capacity(workers);
+    let mut at = addr;
+    for _ in 0..workers.max(1) {
+        let socket = if at.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(err)?;
+        socket.set_reuseaddr(true).map_err(err)?;
+        if workers > 1 {
+            socket.set_reuseport(true).map_err(err)?;
+        }
+        socket.bind(at).map_err(err)?;
+        let listener = socket.listen(1024).map_err(err)?;
+        at = listener.local_addr().map_err(err)?;
+        listeners.push(listener.into_std().map_err(err)?);
+    }
+    Ok((listeners, at))
+}
+
+/// What every data-plane worker shares.
+#[derive(Clone)]
+struct DataShared {
+    proxy: Arc<Proxy>,
+    limits: infergate_config::LimitsConfig,
+    /// `limits.max_connections`, across all workers.
+    permits: Arc<Semaphore>,
+    drain: CancellationToken,
+    drain_timeout: Duration,
+    background: CancellationToken,
+}
+
+/// Starts data-plane worker `i` on its own thread and current-thread runtime, serving `listener`
+/// until drained. The receiver resolves when the worker has stopped.
+fn spawn_worker(
+    i: usize,
+    listener: std::net::TcpListener,
+    shared: DataShared,
+) -> Result<oneshot::Receiver<()>, GatewayError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(GatewayError::Worker)?;
+    let (tx, rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("infergate-data-{i}"))
+        .spawn(move || {
+            runtime.block_on(async move {
+                let registered = listener
+                    .set_nonblocking(true)
+                    .and_then(|()| TcpListener::from_std(listener));
+                match registered {
+                    // The worker's own client: its connections are driven by this thread.
+                    Ok(listener) => serve_data(listener, upstream_client(), shared).await,
+                    Err(e) => tracing::error!(worker = i, error = %e, "data listener unusable"),
+                }
+            });
+            // Connections still open were cut by the drain; resolvers and the like get a moment.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            let _ = tx.send(());
+        })
+        .map_err(GatewayError::Worker)?;
+    Ok(rx)
+}
+
 async fn bind(role: &'static str, addr: SocketAddr) -> Result<TcpListener, GatewayError> {
     TcpListener::bind(addr)
         .await
@@ -287,22 +400,23 @@ fn local_addr(
         .map_err(|source| GatewayError::Bind { role, addr, source })
 }
 
-/// The data port: HTTP/1.1 and h2c on one listener, at most `max_connections` at once.
-async fn serve_data(
-    listener: TcpListener,
-    proxy: Arc<Proxy>,
-    limits: infergate_config::LimitsConfig,
-    drain: CancellationToken,
-    drain_timeout: Duration,
-    background: CancellationToken,
-) {
+/// One worker's share of the data port: HTTP/1.1 and h2c on its listener, at most
+/// `max_connections` at once across all workers, upstream through `client`.
+async fn serve_data(listener: TcpListener, client: UpstreamClient, shared: DataShared) {
+    let DataShared {
+        proxy,
+        limits,
+        permits,
+        drain,
+        drain_timeout,
+        background,
+    } = shared;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let hard_stop = CancellationToken::new();
     loop {
@@ -327,9 +441,11 @@ async fn serve_data(
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
+        let client = client.clone();
         let service = service_fn(move |req| {
             let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req).await) }
+            let client = client.clone();
+            async move { Ok::<_, Infallible>(proxy.handle_via(&client, req).await) }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)

@@ -1,8 +1,8 @@
 //! `infergate gateway`: the OpenAI-compatible proxy in front of model-server pools.
 //!
 //! With `--config FILE` every setting comes from the file; without one, `--model` and
-//! `--endpoints` describe a single static pool (the quick start). `--listen` and `--admin-listen`
-//! override either. SIGTERM or SIGINT drains gracefully and exits 0.
+//! `--endpoints` describe a single static pool (the quick start). `--listen`, `--admin-listen`
+//! and `--workers` override either. SIGTERM or SIGINT drains gracefully and exits 0.
 
 use anyhow::Context;
 use infergate_config::{Config, Discovery, Flavor, PickerPolicy, PoolConfig};
@@ -34,6 +34,10 @@ pub struct Args {
     /// The admin port's address (default 0.0.0.0:9090, or the file's).
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
+    /// Data-plane threads, each with its own listener and upstream connections (0 = one per
+    /// core; default the file's `gateway.workers`, else 0).
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 /// The configuration the arguments describe.
@@ -70,6 +74,9 @@ fn config(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(addr) = args.admin_listen {
         config.gateway.admin_listen = addr;
+    }
+    if let Some(n) = args.workers {
+        config.gateway.workers = n;
     }
     Ok(config)
 }

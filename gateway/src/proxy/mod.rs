@@ -154,15 +154,26 @@ impl Proxy {
         &self.pools
     }
 
-    /// Serves one request to its one answer.
+    /// Serves one request to its one answer, upstream through the proxy's own client.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<GatewayBody> {
+        self.handle_via(&self.client, req).await
+    }
+
+    /// Serves one request to its one answer, upstream through `client`. A data-plane worker
+    /// passes its own thread's client, so the request's upstream connection is driven by the
+    /// same thread as its client connection (no cross-thread wake-ups per body chunk).
+    pub async fn handle_via(
+        &self,
+        client: &UpstreamClient,
+        req: Request<Incoming>,
+    ) -> Response<GatewayBody> {
         let mut ctx = RequestCtx {
             started: Instant::now(),
             model: self.unrouted.clone(),
             pool: self.unrouted_pool.clone(),
             answered: false,
         };
-        match self.serve(req, &mut ctx).await {
+        match self.serve(client, req, &mut ctx).await {
             Ok(Answer::Upstream(resp)) => {
                 ctx.answered = true;
                 resp
@@ -185,6 +196,7 @@ impl Proxy {
 
     async fn serve(
         &self,
+        client: &UpstreamClient,
         req: Request<Incoming>,
         ctx: &mut RequestCtx,
     ) -> Result<Answer, ProxyError> {
@@ -216,7 +228,9 @@ impl Proxy {
         };
         route.metrics.picked(admitted.reason.as_str());
         // 5. forward
-        let (resp, admitted) = self.forward(route, &parts, body, &facts, admitted).await?;
+        let (resp, admitted) = self
+            .forward(client, route, &parts, body, &facts, admitted)
+            .await?;
         // 6. respond
         Ok(Answer::Upstream(respond(resp, admitted, ctx)))
     }
@@ -273,6 +287,7 @@ impl Proxy {
     /// The forward phase, with retries on other endpoints before the first answer byte.
     async fn forward(
         &self,
+        client: &UpstreamClient,
         route: &PoolRoute,
         parts: &Parts,
         body: Bytes,
@@ -289,7 +304,7 @@ impl Proxy {
                 current.endpoint.url(),
                 body.clone(),
             )?;
-            let outcome = forward::attempt(&self.client, req, self.limits.first_byte_timeout).await;
+            let outcome = forward::attempt(client, req, self.limits.first_byte_timeout).await;
             let (failure, kind, answer) = match outcome {
                 forward::Attempt::Answered(resp)
                     if !forward::is_retryable_status(resp.status()) =>
