@@ -20,7 +20,10 @@ pub struct PlotError {
     message: String,
 }
 
-fn cdf_points(s: &Summary) -> Vec<(f64, f64)> {
+/// Points of a CDF: (latency ms, share of requests at or below it).
+type Curve = Vec<(f64, f64)>;
+
+fn cdf_points(s: &Summary) -> Curve {
     vec![
         (0.0, 0.0),
         (s.p50, 0.5),
@@ -31,7 +34,7 @@ fn cdf_points(s: &Summary) -> Vec<(f64, f64)> {
 }
 
 /// The empirical CDF of the completed requests' TTFTs, at most ~500 points.
-fn ttft_cdf(run: &RunReport) -> Option<Vec<(f64, f64)>> {
+fn ttft_cdf(run: &RunReport) -> Option<Curve> {
     let mut v: Vec<f64> = run
         .timeline
         .iter()
@@ -61,7 +64,7 @@ pub fn write_cdfs(path: &Path, title: &str, rows: &[&Row]) -> Result<(), PlotErr
     let root = SVGBackend::new(path, (1200, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let (left, right) = root.split_horizontally(600);
-    type Pick = fn(&RunReport) -> Option<(Summary, Vec<(f64, f64)>)>;
+    type Pick = fn(&RunReport) -> Option<(Summary, Curve)>;
     let panels: [(&str, Pick, _); 2] = [
         (
             "TTFT (ms)",
@@ -78,7 +81,7 @@ pub fn write_cdfs(path: &Path, title: &str, rows: &[&Row]) -> Result<(), PlotErr
         ),
     ];
     for (what, pick, area) in panels {
-        let ran: Vec<(&str, Summary, Vec<(f64, f64)>)> = rows
+        let ran: Vec<(&str, Summary, Curve)> = rows
             .iter()
             .filter(|r| r.status == Status::Ran)
             .filter_map(|r| {
