@@ -115,25 +115,15 @@ impl PromptHasher {
 
     /// Feeds the next piece of the prompt.
     pub fn feed(&mut self, piece: &str) {
-        // One pass decides whether characters are bytes in this piece (nearly always: prompts
-        // are mostly ASCII), which makes every block boundary plain arithmetic.
-        let ascii = piece.is_ascii();
-        self.chars += if ascii {
-            piece.len()
-        } else {
-            piece.chars().count()
-        };
         let mut rest = piece;
         while !rest.is_empty() && self.hashes.len() < self.max_blocks {
             let need = self.block_chars - self.partial_chars;
-            let end = if ascii {
-                (rest.len() >= need).then_some(need)
-            } else {
-                split_after_chars(rest, need)
-            };
-            match end {
+            // Block by block, each checked for ASCII just before it is hashed (nearly always:
+            // prompts are mostly ASCII, and then a boundary is plain arithmetic): one pass over
+            // the prompt's bytes rather than a whole-piece check first and the hashing after.
+            match split_after_chars(rest, need) {
                 // The rest of the block is inside this piece.
-                Some(end) => {
+                Ok(end) => {
                     let (block, tail) = rest.split_at(end);
                     if self.partial.is_empty() {
                         self.push_block(block.as_bytes());
@@ -145,22 +135,28 @@ impl PromptHasher {
                         self.partial = partial;
                         self.partial_chars = 0;
                     }
+                    self.chars += need;
                     rest = tail;
                 }
                 // The piece ends inside the block: keep it for the next piece.
-                None => {
+                Err(chars) => {
                     if self.partial.capacity() == 0 {
                         self.partial.reserve(self.block_chars * 4);
                     }
                     self.partial.extend_from_slice(rest.as_bytes());
-                    self.partial_chars += if ascii {
-                        rest.len()
-                    } else {
-                        rest.chars().count()
-                    };
+                    self.partial_chars += chars;
+                    self.chars += chars;
                     rest = "";
                 }
             }
+        }
+        // Past `max_blocks`: only counted.
+        if !rest.is_empty() {
+            self.chars += if rest.is_ascii() {
+                rest.len()
+            } else {
+                rest.chars().count()
+            };
         }
     }
 
@@ -187,21 +183,30 @@ impl PromptHasher {
     }
 }
 
-/// The byte offset just after the first `n` characters of `s`, if `s` has at least `n`.
-fn split_after_chars(s: &str, n: usize) -> Option<usize> {
+/// `Ok`: the byte offset just after the first `n` characters of `s`, if `s` has at least `n`;
+/// `Err`: else, how many characters `s` has.
+fn split_after_chars(s: &str, n: usize) -> Result<usize, usize> {
     if n == 0 {
-        return Some(0);
+        return Ok(0);
     }
     let bytes = s.as_bytes();
-    // ASCII prefix fast path: characters are bytes there.
+    // ASCII fast path: characters are bytes there.
     let probe = bytes.len().min(n);
     if bytes[..probe].is_ascii() {
-        return (bytes.len() >= n).then_some(n);
+        return if bytes.len() >= n {
+            Ok(n)
+        } else {
+            Err(bytes.len())
+        };
     }
-    s.char_indices().nth(n).map(|(i, _)| i).or_else(|| {
-        // Exactly n characters: the whole string.
-        (s.chars().count() == n).then_some(s.len())
-    })
+    let mut count = 0;
+    for (i, _) in s.char_indices() {
+        if count == n {
+            return Ok(i);
+        }
+        count += 1;
+    }
+    if count == n { Ok(s.len()) } else { Err(count) }
 }
 
 #[cfg(test)]
@@ -262,6 +267,51 @@ mod tests {
                 }
                 let got = hash_pieces(&c, &[&whole[..cut1], &whole[cut1..cut2], &whole[cut2..]]);
                 assert_eq!(got, expect, "cuts at {cut1},{cut2}");
+            }
+        }
+    }
+
+    /// The definition, written plainly: join the pieces, cut every `block_chars` characters,
+    /// chain `xxh3(prev ++ xxh3(block))` from the seed. The streaming hasher must agree exactly
+    /// (hashes are compared with ones recorded earlier in the same process, and the planner
+    /// replays them).
+    fn reference(block_chars: usize, max_blocks: usize, text: &str) -> Vec<u64> {
+        let chars: Vec<char> = text.chars().collect();
+        let mut prev = CHAIN_SEED;
+        let mut out = Vec::new();
+        for block in chars.chunks_exact(block_chars).take(max_blocks) {
+            let block: String = block.iter().collect();
+            let mut pair = [0u8; 16];
+            pair[..8].copy_from_slice(&prev.to_le_bytes());
+            pair[8..].copy_from_slice(&xxh3_64(block.as_bytes()).to_le_bytes());
+            prev = xxh3_64(&pair);
+            out.push(prev);
+        }
+        out
+    }
+
+    #[test]
+    fn matches_the_plain_definition() {
+        let ascii = "You are a careful assistant. ".repeat(40);
+        let mixed = "Grüße, 世界! ascii tail and émojis 🎉🎉 ".repeat(30);
+        for (block, max) in [(1, 1000), (7, 1000), (64, 3), (256, 256)] {
+            for text in [ascii.as_str(), mixed.as_str()] {
+                let expect = reference(block, max, text);
+                let c = cfg(block, max);
+                assert_eq!(hash_pieces(&c, &[text]), expect, "block {block}");
+                // Uneven pieces, cut at character boundaries.
+                let cuts: Vec<usize> = (0..text.len())
+                    .step_by(37)
+                    .filter(|&i| text.is_char_boundary(i))
+                    .chain([text.len()])
+                    .collect();
+                let pieces: Vec<&str> = cuts.windows(2).map(|w| &text[w[0]..w[1]]).collect();
+                let mut h = PromptHasher::new(&c);
+                for p in &pieces {
+                    h.feed(p);
+                }
+                assert_eq!(h.chars(), text.chars().count());
+                assert_eq!(h.finish(), expect, "block {block}, in pieces");
             }
         }
     }

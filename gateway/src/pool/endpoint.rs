@@ -102,6 +102,12 @@ impl Endpoint {
         self.hot.read()
     }
 
+    /// [`Endpoint::scalars`] with the scrape's instant left as [`ticks`] (0 = never scraped):
+    /// the pick compares ages in integer nanoseconds instead of rebuilding 64 `Instant`s.
+    pub(crate) fn scalars_ticks(&self) -> (LoadScalars, u64) {
+        self.hot.read_ticks()
+    }
+
     /// Failed scrapes since the endpoint appeared.
     pub fn scrape_errors(&self) -> u64 {
         self.scrape_errors.load(Relaxed)
@@ -223,24 +229,44 @@ impl HotLoad {
         self.waiting.store(bits(l.waiting), Relaxed);
         self.running.store(bits(l.running), Relaxed);
         self.kv.store(bits(l.kv_usage), Relaxed);
-        let nanos = l.taken_at.saturating_duration_since(epoch()).as_nanos();
-        self.taken_at
-            .store(u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1, Relaxed);
+        self.taken_at.store(ticks(l.taken_at), Relaxed);
     }
 
     fn read(&self) -> LoadScalars {
+        let (scalars, t) = self.read_ticks();
+        scalars.with_ticks(t)
+    }
+
+    /// The scalars without `taken_at`, and the raw stamp (nanoseconds since [`epoch`] plus one;
+    /// 0 = never scraped).
+    fn read_ticks(&self) -> (LoadScalars, u64) {
         let value = |a: &AtomicU64| {
             let b = a.load(Relaxed);
             (b != NONE_BITS).then(|| f64::from_bits(b))
         };
         let t = self.taken_at.load(Relaxed);
-        LoadScalars {
+        let scalars = LoadScalars {
             waiting: value(&self.waiting),
             running: value(&self.running),
             kv_usage: value(&self.kv),
-            taken_at: (t != 0).then(|| epoch() + Duration::from_nanos(t - 1)),
-        }
+            taken_at: None,
+        };
+        (scalars, t)
     }
+}
+
+impl LoadScalars {
+    /// Fills `taken_at` from a stamp of [`HotLoad::read_ticks`].
+    fn with_ticks(mut self, t: u64) -> LoadScalars {
+        self.taken_at = (t != 0).then(|| epoch() + Duration::from_nanos(t - 1));
+        self
+    }
+}
+
+/// `now` in the stamps' scale: nanoseconds since [`epoch`] plus one, like a stamp taken now.
+pub(crate) fn ticks(now: Instant) -> u64 {
+    let nanos = now.saturating_duration_since(epoch()).as_nanos();
+    u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1
 }
 
 /// Origin of the nanosecond timestamps: well before any instant this process handles (tests

@@ -15,6 +15,7 @@ pub use guard::InflightGuard;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use serde_json::json;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -30,6 +31,11 @@ use crate::picker::{
     PrefixIndex, PrefixMatch, RequestFacts, Saturation,
 };
 use crate::scrape::ScrapedLoad;
+
+thread_local! {
+    /// [`Pool::pick`]'s views when they borrow nothing (no adapter named), reused across picks.
+    static VIEWS: RefCell<Vec<EndpointView<'static>>> = const { RefCell::new(Vec::new()) };
+}
 
 /// What [`Pool::pick`] decided.
 #[derive(Debug)]
@@ -190,12 +196,15 @@ impl Pool {
 
     /// How usable `ep` is at `now`.
     pub fn health(&self, ep: &Endpoint, now: Instant) -> EndpointHealth {
-        self.health_at(ep, ep.scalars().taken_at, now)
+        let age = ep
+            .scalars()
+            .taken_at
+            .map(|t| now.saturating_duration_since(t));
+        self.health_at(ep, age, now)
     }
 
-    /// [`Pool::health`] for an endpoint whose last good scrape was taken at `taken_at`.
-    fn health_at(&self, ep: &Endpoint, taken_at: Option<Instant>, now: Instant) -> EndpointHealth {
-        let age = taken_at.map(|t| now.saturating_duration_since(t));
+    /// [`Pool::health`] for an endpoint whose last good scrape is `age` old (`None`: never).
+    fn health_at(&self, ep: &Endpoint, age: Option<Duration>, now: Instant) -> EndpointHealth {
         let stale = age.is_none_or(|a| a > self.scrape.stale_after);
         // Never scraped successfully: usable on in-flight accounting (a pod without a metrics
         // route must still work); scraped once, then silent for too long: unready.
@@ -236,68 +245,55 @@ impl Pool {
             .filter_map(|id| members.iter().position(|e| e.id() == *id))
             .collect();
 
-        let mut prefix = (!facts.prefix.is_empty()).then(|| self.prefix.lock());
-        let mut blocks = vec![0u32; members.len()];
-        if let Some(index) = prefix.as_mut() {
-            let mut matches: Vec<PrefixMatch> = Vec::new();
-            index.lookup(&facts.prefix, &mut matches);
-            for m in &matches {
-                if let Some(i) = members.iter().position(|e| e.id() == m.endpoint) {
-                    blocks[i] = m.blocks;
-                }
-            }
+        // The index is locked twice, briefly, rather than across the whole pick: building the
+        // views and scoring them need no index, and two threads picking for the same pool
+        // should not queue behind each other for that long. A record of another pick landing in
+        // between is as if that pick had come just before this one.
+        let mut matches: Vec<PrefixMatch> = Vec::new();
+        if !facts.prefix.is_empty() {
+            self.prefix.lock().lookup(&facts.prefix, &mut matches);
         }
-        // Adapter lists are borrowed by the views, so their owners must outlive them; only
-        // requests that name an adapter pay for holding them.
-        let lora_loads: Vec<Option<Arc<ScrapedLoad>>> = if facts.lora.is_some() {
-            members.iter().map(|e| e.load()).collect()
+        let now_ticks = endpoint::ticks(now);
+        let pick = if facts.lora.is_some() {
+            // Adapter lists are borrowed by the views, so their owners must outlive them; only
+            // requests that name an adapter pay for holding them.
+            let loads: Vec<Option<Arc<ScrapedLoad>>> = members.iter().map(|e| e.load()).collect();
+            let views: Vec<EndpointView<'_>> = members
+                .iter()
+                .zip(&loads)
+                .map(|(e, l)| self.view(e, now, now_ticks, &matches, l.as_deref()))
+                .collect();
+            self.pick_among(&views, facts, &exclude)
         } else {
-            Vec::new()
-        };
-        let no_loras: &[String] = &[];
-        let views: Vec<EndpointView<'_>> = members
-            .iter()
-            .enumerate()
-            .map(|(i, e)| {
-                let load = e.scalars();
-                let h = self.health_at(e, load.taken_at, now);
-                let fresh = !h.stale;
-                let lora = lora_loads
-                    .get(i)
-                    .and_then(|l| l.as_deref())
-                    .filter(|_| fresh)
-                    .map(|l| &l.lora);
-                EndpointView {
-                    ready: e.discovered_ready() && !e.is_removed() && !h.scrape_unready,
-                    ejected: h.ejected,
-                    terminating: e.is_terminating(),
-                    waiting: load.waiting.filter(|_| fresh),
-                    running: load.running.filter(|_| fresh),
-                    kv_usage: load.kv_usage.filter(|_| fresh),
-                    inflight: e.inflight(),
-                    picks_since_scrape: if fresh { e.picks_since_scrape() } else { 0 },
-                    loras: lora.map_or(no_loras, |l| &l.running),
-                    waiting_loras: lora.map_or(no_loras, |l| &l.waiting),
-                    max_lora: lora.and_then(|l| l.max_lora),
-                    prefix_blocks: blocks[i],
+            // Without adapters the views borrow nothing: build them in this thread's reused
+            // buffer rather than allocating some 8 KB per pick.
+            VIEWS.with(|cell| match cell.try_borrow_mut() {
+                Ok(mut views) => {
+                    views.clear();
+                    views.extend(
+                        members
+                            .iter()
+                            .map(|e| self.view(e, now, now_ticks, &matches, None)),
+                    );
+                    let pick = self.pick_among(&views, facts, &exclude);
+                    views.clear();
+                    pick
+                }
+                Err(_) => {
+                    let views: Vec<EndpointView<'static>> = members
+                        .iter()
+                        .map(|e| self.view(e, now, now_ticks, &matches, None))
+                        .collect();
+                    self.pick_among(&views, facts, &exclude)
                 }
             })
-            .collect();
-        let snapshot = PoolSnapshot {
-            endpoints: &views,
-            rr_cursor: self.rr.fetch_add(1, Relaxed),
-            policy: self.policy,
-            weights: &self.weights,
-            saturation: self.saturation,
-            balance: self.balance,
         };
-        match picker::pick_excluding(&snapshot, facts, &exclude) {
+        match pick {
             Pick::Endpoint { index, reason } => {
                 let endpoint = members[index].clone();
-                if let Some(index) = prefix.as_mut() {
-                    index.record(&facts.prefix, endpoint.id());
+                if !facts.prefix.is_empty() {
+                    self.prefix.lock().record(&facts.prefix, endpoint.id());
                 }
-                drop(prefix);
                 endpoint.begin_request();
                 let guard = InflightGuard::new(&me, endpoint.clone());
                 PoolPick::Endpoint {
@@ -308,6 +304,60 @@ impl Pool {
             }
             Pick::Hold { reason } => PoolPick::Hold(reason),
         }
+    }
+
+    /// One endpoint as the picker sees it now (`now_ticks` is `now` as scrape stamps count):
+    /// load older than `stale_after` is withheld, and adapters are read from `load` when given.
+    fn view<'a>(
+        &self,
+        e: &Endpoint,
+        now: Instant,
+        now_ticks: u64,
+        matches: &[PrefixMatch],
+        load: Option<&'a ScrapedLoad>,
+    ) -> EndpointView<'a> {
+        let (scalars, t) = e.scalars_ticks();
+        let age = (t != 0).then(|| Duration::from_nanos(now_ticks.saturating_sub(t)));
+        let h = self.health_at(e, age, now);
+        let fresh = !h.stale;
+        let lora = load.filter(|_| fresh).map(|l| &l.lora);
+        // At most ENDPOINTS_PER_BLOCK matches: a scan per endpoint beats a position per match.
+        let prefix_blocks = matches
+            .iter()
+            .find(|m| m.endpoint == e.id())
+            .map_or(0, |m| m.blocks);
+        EndpointView {
+            ready: e.discovered_ready() && !e.is_removed() && !h.scrape_unready,
+            ejected: h.ejected,
+            terminating: e.is_terminating(),
+            waiting: scalars.waiting.filter(|_| fresh),
+            running: scalars.running.filter(|_| fresh),
+            kv_usage: scalars.kv_usage.filter(|_| fresh),
+            inflight: e.inflight(),
+            picks_since_scrape: if fresh { e.picks_since_scrape() } else { 0 },
+            loras: lora.map_or(&[], |l| &l.running),
+            waiting_loras: lora.map_or(&[], |l| &l.waiting),
+            max_lora: lora.and_then(|l| l.max_lora),
+            prefix_blocks,
+        }
+    }
+
+    /// The pure pick over `views` (advancing the round-robin cursor).
+    fn pick_among(
+        &self,
+        views: &[EndpointView<'_>],
+        facts: &RequestFacts,
+        exclude: &[usize],
+    ) -> Pick {
+        let snapshot = PoolSnapshot {
+            endpoints: views,
+            rr_cursor: self.rr.fetch_add(1, Relaxed),
+            policy: self.policy,
+            weights: &self.weights,
+            saturation: self.saturation,
+            balance: self.balance,
+        };
+        picker::pick_excluding(&snapshot, facts, exclude)
     }
 
     /// Stores a good scrape on `ep` and wakes held requests.
