@@ -164,8 +164,22 @@ impl Up {
     }
 
     /// Requests the gateway completed so far, and what it holds or its pods queue now.
+    ///
+    /// Retried: a pooled admin connection left idle through a long probe window may have been
+    /// closed by the server just as it is reused, and one lost read must not void the probe.
     pub async fn completed_and_queued(&self, http: &Http) -> Result<(f64, f64), StepError> {
-        let (_, page) = http.call(&self.gateway_metrics, None).await?;
+        let mut attempt = 0;
+        let page = loop {
+            attempt += 1;
+            match http.call(&self.gateway_metrics, None).await {
+                Ok((_, page)) => break page,
+                Err(e) if attempt >= 3 => return Err(e.into()),
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading the gateway's metrics: retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
         let (held, waiting) = read_gateway(&page, POOL);
         Ok((
             read_completed(&page, POOL),
