@@ -13,6 +13,7 @@
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -96,6 +97,8 @@ pub struct Accounting {
 /// The upstream's body, passed through and observed.
 pub struct ObservedBody {
     inner: Incoming,
+    /// What [`ObservedBody::prefetch`] read ahead (`Some(None)`: the end), passed on first.
+    prefetched: Option<Option<Result<Frame<Bytes>, hyper::Error>>>,
     watch: Watch,
     account: Accounting,
     first_byte: bool,
@@ -118,10 +121,22 @@ impl ObservedBody {
         };
         ObservedBody {
             inner,
+            prefetched: None,
             watch,
             account,
             first_byte: false,
             finished: false,
+        }
+    }
+
+    /// Waits for the upstream's first body frame, to be passed on first. Why: hyper writes the
+    /// response head on its own when the body is not ready at once, and the upstream's body
+    /// arrives a moment after its head; waiting for it turns two `writev`s to the client into
+    /// one. Only for answers whose body follows the head at once (not SSE, where the first
+    /// event may be many seconds away and the head should go now).
+    pub async fn prefetch(&mut self) {
+        if self.prefetched.is_none() && !self.inner.is_end_stream() {
+            self.prefetched = Some(self.inner.frame().await);
         }
     }
 
@@ -196,7 +211,11 @@ impl Body for ObservedBody {
         if this.finished {
             return Poll::Ready(None);
         }
-        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+        let next = match this.prefetched.take() {
+            Some(next) => next,
+            None => ready!(Pin::new(&mut this.inner).poll_frame(cx)),
+        };
+        match next {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     this.observe(data);
@@ -238,10 +257,19 @@ impl Body for ObservedBody {
 
     fn size_hint(&self) -> SizeHint {
         if self.finished {
-            SizeHint::default()
-        } else {
-            self.inner.size_hint()
+            return SizeHint::default();
         }
+        let ahead = match &self.prefetched {
+            Some(Some(Ok(frame))) => frame.data_ref().map_or(0, |d| d.len() as u64),
+            _ => 0,
+        };
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + ahead);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + ahead);
+        }
+        hint
     }
 }
 

@@ -232,7 +232,7 @@ impl Proxy {
             .forward(client, route, &parts, body, &facts, admitted)
             .await?;
         // 6. respond
-        Ok(Answer::Upstream(respond(resp, admitted, ctx)))
+        Ok(Answer::Upstream(respond(resp, admitted, ctx).await))
     }
 
     /// The facts phase: the body's fields, the model's pool, the picker's facts.
@@ -452,8 +452,9 @@ fn json_response(body: Bytes) -> Response<Bytes> {
     resp
 }
 
-/// The respond phase: the upstream's head and its observed body.
-fn respond(
+/// The respond phase: the upstream's head and its observed body (its first frame already read,
+/// unless it is a stream: [`body::ObservedBody::prefetch`]).
+async fn respond(
     resp: Response<Incoming>,
     admitted: Admitted,
     ctx: &mut RequestCtx,
@@ -488,7 +489,12 @@ fn respond(
         status: parts.status.as_u16(),
         guard: Some(admitted.guard),
     };
-    let observed = body::ObservedBody::new(incoming, sse, json_len, account);
+    let mut observed = body::ObservedBody::new(incoming, sse, json_len, account);
+    // From here the body accounts for the request (also if the client leaves during the wait).
+    ctx.answered = true;
+    if !sse {
+        observed.prefetch().await;
+    }
     Response::from_parts(parts, GatewayBody::Upstream(Box::new(observed)))
 }
 
