@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -29,6 +30,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Largest non-streaming body whose `usage` is read.
 const MAX_USAGE_BODY: usize = 64 * 1024;
+
+/// How much of a non-stream answer is read ahead before its head is passed on.
+const PREFETCH_LIMIT: usize = 64 * 1024;
 
 /// The body of every answer on the data port.
 pub enum GatewayBody {
@@ -97,8 +101,8 @@ pub struct Accounting {
 /// The upstream's body, passed through and observed.
 pub struct ObservedBody {
     inner: Incoming,
-    /// What [`ObservedBody::prefetch`] read ahead (`Some(None)`: the end), passed on first.
-    prefetched: Option<Option<Result<Frame<Bytes>, hyper::Error>>>,
+    /// What [`ObservedBody::prefetch`] read ahead (`None`: the end), passed on first.
+    ahead: VecDeque<Option<Result<Frame<Bytes>, hyper::Error>>>,
     watch: Watch,
     account: Accounting,
     first_byte: bool,
@@ -121,7 +125,7 @@ impl ObservedBody {
         };
         ObservedBody {
             inner,
-            prefetched: None,
+            ahead: VecDeque::new(),
             watch,
             account,
             first_byte: false,
@@ -129,14 +133,34 @@ impl ObservedBody {
         }
     }
 
-    /// Waits for the upstream's first body frame, to be passed on first. Why: hyper writes the
-    /// response head on its own when the body is not ready at once, and the upstream's body
-    /// arrives a moment after its head; waiting for it turns two `writev`s to the client into
-    /// one. Only for answers whose body follows the head at once (not SSE, where the first
-    /// event may be many seconds away and the head should go now).
+    /// Reads the upstream's body ahead, up to its end or [`PREFETCH_LIMIT`] bytes, to be passed
+    /// on first. Why: hyper writes the response head on its own when the body is not ready at
+    /// once, and a chunked body's end on its own when it learns of it after the last data; the
+    /// upstream's body arrives a moment after its head. Read ahead, a small answer leaves in one
+    /// `writev` with an exact Content-Length instead of three. Only for answers whose body
+    /// follows the head at once (not SSE, where events may be seconds apart and must pass on
+    /// one by one); past the limit the rest streams through as before.
     pub async fn prefetch(&mut self) {
-        if self.prefetched.is_none() && !self.inner.is_end_stream() {
-            self.prefetched = Some(self.inner.frame().await);
+        let mut len = 0;
+        while len < PREFETCH_LIMIT && !self.inner.is_end_stream() {
+            let next = self.inner.frame().await;
+            let data = match &next {
+                Some(Ok(frame)) => frame.data_ref().map(|d| d.len()),
+                _ => None,
+            };
+            self.ahead.push_back(next);
+            match data {
+                Some(n) => len += n,
+                None => break, // the end, an error or trailers: nothing more to wait for
+            }
+        }
+    }
+
+    /// Whether nothing but the end is left to pass on.
+    fn at_end(&self) -> bool {
+        match self.ahead.front() {
+            Some(next) => next.is_none(),
+            None => self.inner.is_end_stream(),
         }
     }
 
@@ -211,7 +235,7 @@ impl Body for ObservedBody {
         if this.finished {
             return Poll::Ready(None);
         }
-        let next = match this.prefetched.take() {
+        let next = match this.ahead.pop_front() {
             Some(next) => next,
             None => ready!(Pin::new(&mut this.inner).poll_frame(cx)),
         };
@@ -221,7 +245,7 @@ impl Body for ObservedBody {
                     this.observe(data);
                 }
                 // The server may stop polling once the length is reached: account now.
-                if this.inner.is_end_stream() {
+                if this.at_end() {
                     let status = this.account.status;
                     this.finish(status, status < 500);
                 }
@@ -259,11 +283,20 @@ impl Body for ObservedBody {
         if self.finished {
             return SizeHint::default();
         }
-        let ahead = match &self.prefetched {
-            Some(Some(Ok(frame))) => frame.data_ref().map_or(0, |d| d.len() as u64),
-            _ => 0,
+        let ahead: u64 = self
+            .ahead
+            .iter()
+            .map(|next| match next {
+                Some(Ok(frame)) => frame.data_ref().map_or(0, |d| d.len() as u64),
+                _ => 0,
+            })
+            .sum();
+        // An ended chunked body does not know its size is now zero: say it.
+        let inner = if self.inner.is_end_stream() {
+            SizeHint::with_exact(0)
+        } else {
+            self.inner.size_hint()
         };
-        let inner = self.inner.size_hint();
         let mut hint = SizeHint::new();
         hint.set_lower(inner.lower() + ahead);
         if let Some(upper) = inner.upper() {
