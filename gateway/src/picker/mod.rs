@@ -265,10 +265,8 @@ fn is_saturated(v: &EndpointView<'_>, sat: Saturation) -> bool {
 /// `score` returns `None` for endpoints that may not be picked; at least one must return `Some`.
 fn rotated_best(len: usize, start: usize, mut score: impl FnMut(usize) -> Option<f64>) -> usize {
     let mut best: Option<(usize, f64)> = None;
-    let mut next = if len == 0 { 0 } else { start % len };
-    for _ in 0..len {
-        let i = next;
-        next = if next + 1 == len { 0 } else { next + 1 };
+    for k in 0..len {
+        let i = (start + k) % len;
         if let Some(s) = score(i)
             && best.is_none_or(|(_, b)| s > b)
         {

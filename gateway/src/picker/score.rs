@@ -214,19 +214,8 @@ pub(super) fn pick_scored(
     // The strongest affinity the imbalance guard removed.
     let mut max_suppressed = 0.0f64;
     let mut best: Option<(usize, f64, Parts)> = None;
-    // Scan from the cursor, wrapping by comparison: a `%` per endpoint was a division each.
-    let mut i = if eps.is_empty() {
-        0
-    } else {
-        snap.rr_cursor % eps.len()
-    };
-    for _ in 0..eps.len() {
-        let at = i;
-        i += 1;
-        if i == eps.len() {
-            i = 0;
-        }
-        let i = at;
+    for k in 0..eps.len() {
+        let i = (snap.rr_cursor + k) % eps.len();
         if !eligible(i) {
             continue;
         }
