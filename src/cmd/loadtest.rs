@@ -16,6 +16,7 @@ use infergate_loadtest::generate::workload::WorkloadSpec;
 use infergate_loadtest::generate::{self, RunConfig};
 
 mod compare;
+mod plan;
 mod step;
 
 #[derive(clap::Args)]
@@ -28,6 +29,9 @@ pub struct Args {
 enum Command {
     /// Send an open-loop workload to a target and report TTFT, ITL, e2e latency, throughput and goodput.
     Run(RunArgs),
+    /// Plan capacity in virtual time: replay a trace or a generated day through the real picker and
+    /// autoscaler policies over simulated pods; report SLO attainment, pod-hours and scale events.
+    Plan(plan::PlanArgs),
     /// Compare routers side by side: the same schedule through infergate's policies, nginx and
     /// SGLang's router over fresh simulated pods; tables, JSON and plots.
     Compare(compare::CompareArgs),
@@ -122,6 +126,7 @@ fn parse_progress(s: &str) -> Result<ProgressMode, String> {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Command::Run(args) => run_load(args).await,
+        Command::Plan(args) => plan::run(args).await,
         Command::Compare(args) => compare::run(args).await,
         Command::Step(args) => step::run(args).await,
     }
