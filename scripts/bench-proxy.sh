@@ -41,6 +41,8 @@ tmp=$(mktemp -d)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # Servers started inside $(start ...) run in a subshell: their pids are in this file.
+  [ -f "$tmp/pids" ] && while read -r p; do kill "$p" 2>/dev/null || true; done <"$tmp/pids"
   [ -f "$tmp/nginx.pid" ] && kill "$(cat "$tmp/nginx.pid")" 2>/dev/null || true
   wait 2>/dev/null || true
   rm -rf "$tmp"
@@ -51,7 +53,7 @@ trap cleanup EXIT
 start() {
   local role=$1 out=$2; shift 2
   "$@" >"$out" 2>"$out.err" &
-  pids+=($!)
+  echo $! >>"$tmp/pids"
   for _ in $(seq 1 200); do
     addr=$(sed -n "s|^infergate $role listening on http://||p" "$out" | head -1)
     [ -n "$addr" ] && { echo "$addr"; return; }
