@@ -516,3 +516,26 @@ async fn serve_admin(listener: TcpListener, state: Arc<AdminState>, stop: Cancel
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn data_listeners_share_one_port_and_refuse_an_outsider() {
+        let (listeners, addr) = bind_data(([127, 0, 0, 1], 0).into(), 3).expect("bind");
+        assert_eq!(listeners.len(), 3);
+        assert_ne!(addr.port(), 0);
+        for l in &listeners {
+            assert_eq!(l.local_addr().expect("addr"), addr);
+        }
+        // A socket without SO_REUSEPORT (another program) cannot take the port.
+        assert!(std::net::TcpListener::bind(addr).is_err());
+    }
+
+    #[test]
+    fn zero_workers_means_one_per_core() {
+        assert!(worker_count(0) >= 1);
+        assert_eq!(worker_count(3), 3);
+    }
+}
