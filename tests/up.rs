@@ -243,3 +243,37 @@ async fn sigterm_stops_everything_and_leaves_no_process() {
     let left: Vec<_> = pods.iter().filter(|p| alive(**p)).collect();
     assert!(left.is_empty(), "sim processes left behind: {left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_up_still_leaves_no_sim_behind() {
+    let mut proc = up(&["--min", "2", "--max", "2", "--cold-start", "200ms"]);
+    let autoscaler = proc.url("autoscaler");
+    let http = client();
+    wait_for(
+        &http,
+        &autoscaler,
+        POOL,
+        Duration::from_secs(30),
+        "two ready pods",
+        |m| m.ready == 2.0,
+    )
+    .await;
+    let pods: Vec<u32> = children_of(proc.child.id())
+        .into_iter()
+        .filter(|pid| cmdline(*pid).contains(" sim "))
+        .collect();
+    assert_eq!(pods.len(), 2, "two `infergate sim` children");
+
+    // SIGKILL cannot be caught: the sims must notice on their own (their stdin pipe closes).
+    proc.child.kill().expect("SIGKILL up");
+    let _ = proc.child.wait();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while pods.iter().any(|p| alive(*p)) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left: Vec<_> = pods.iter().filter(|p| alive(**p)).collect();
+    assert!(
+        left.is_empty(),
+        "sim processes outlived a SIGKILLed up: {left:?}"
+    );
+}

@@ -75,6 +75,11 @@ pub struct Args {
     /// How long shutdown waits for open streams, in seconds.
     #[arg(long, default_value_t = 30)]
     shutdown_grace_s: u64,
+    /// Shut down (as on SIGTERM) when standard input reaches end of file. A parent that starts the
+    /// simulator with a pipe on its stdin (`infergate up`'s local actuator does) takes it down with
+    /// it even when the parent is SIGKILLed: the kernel closes the pipe, and no signal can be missed.
+    #[arg(long)]
+    exit_on_stdin_eof: bool,
     /// Fault: share of completion requests answered with 500 (0..1).
     #[arg(long, default_value_t = 0.0)]
     fault_error_rate: f64,
@@ -117,6 +122,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.max_num_batched_tokens > 0,
         "--max-num-batched-tokens must be > 0"
     );
+    let args_exit_on_eof = args.exit_on_stdin_eof;
     let mut config = SimConfig::new(args.model, profile);
     config.flavor = match args.flavor {
         FlavorArg::Vllm => Flavor::Vllm,
@@ -166,13 +172,29 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "simulator ready"
     );
     println!("infergate sim listening on http://{addr}");
-    server.serve(shutdown_signal()).await?;
+    server.serve(shutdown_signal(args_exit_on_eof)).await?;
     tracing::info!("simulator stopped");
     Ok(())
 }
 
-/// Resolves on SIGTERM or ctrl-c.
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or ctrl-c, or, with `stdin_eof`, when standard input closes.
+async fn shutdown_signal(stdin_eof: bool) {
+    let eof = async {
+        if !stdin_eof {
+            return std::future::pending::<()>().await;
+        }
+        // A plain thread, not tokio's blocking pool: the runtime waits for its blocking tasks when it
+        // shuts down, and a read that never ends (the parent keeps the pipe open) would hang exit.
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let mut sink = [0u8; 256];
+            let mut stdin = std::io::stdin().lock();
+            while matches!(std::io::Read::read(&mut stdin, &mut sink), Ok(n) if n > 0) {}
+            let _ = tx.send(());
+        });
+        let _ = rx.await;
+        tracing::info!("standard input closed: shutting down");
+    };
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -190,5 +212,6 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+        () = eof => {}
     }
 }

@@ -14,7 +14,8 @@
 //! - **Shutdown**: every child gets SIGTERM, then SIGKILL after a grace period, and is reaped.
 //!   Children run in their own process group, so a terminal's Ctrl-C reaches only `infergate`,
 //!   which then stops them in order; `kill_on_drop` covers a panic. A `SIGKILL` of the parent
-//!   itself cannot be caught: its children would outlive it.
+//!   cannot be caught, so each sim is started with a pipe on its stdin and `--exit-on-stdin-eof`:
+//!   when the parent dies the kernel closes the pipe and the sims stop themselves.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -158,8 +159,11 @@ impl LocalActuator {
             .args(["--host", "127.0.0.1", "--port", "0"])
             .arg("--startup-delay-ms")
             .arg(spec.startup_delay.as_millis().to_string())
+            .arg("--exit-on-stdin-eof")
             .args(&spec.sim_args)
-            .stdin(Stdio::null())
+            // The pipe's write end is held by the pod's task until the pod is reaped; if this
+            // process dies, even by SIGKILL, the kernel closes it and the sim shuts itself down.
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -194,7 +198,13 @@ impl LocalActuator {
             stop,
             shutdown: self.shutdown.clone(),
         };
-        self.tasks.spawn(life.run(child, stdout));
+        // Taken out of `child`: tokio's `Child::wait` closes a stdin it still holds, which would
+        // tell the sim its parent is gone.
+        let stdin = child.stdin.take();
+        self.tasks.spawn(async move {
+            let _parent_alive = stdin;
+            life.run(child, stdout).await
+        });
         Ok(())
     }
 }
