@@ -11,14 +11,8 @@ use plotters::prelude::*;
 use super::report::{Row, Status};
 use crate::generate::RunReport;
 use crate::generate::report::Summary;
-
-/// Why a plot could not be written.
-#[derive(Debug, thiserror::Error)]
-#[error("plotting {path}: {message}")]
-pub struct PlotError {
-    path: String,
-    message: String,
-}
+pub use crate::plot::PlotError;
+use crate::plot::{Panel, legend, line, panel};
 
 /// Points of a CDF: (latency ms, share of requests at or below it).
 type Curve = Vec<(f64, f64)>;
@@ -57,12 +51,12 @@ fn ttft_cdf(run: &RunReport) -> Option<Curve> {
 
 /// TTFT and e2e CDFs of every contender that ran at one rate, side by side.
 pub fn write_cdfs(path: &Path, title: &str, rows: &[&Row]) -> Result<(), PlotError> {
-    let err = |e: &dyn std::fmt::Display| PlotError {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    };
+    draw_cdfs(path, title, rows).map_err(|e| PlotError::at(path, e))
+}
+
+fn draw_cdfs(path: &Path, title: &str, rows: &[&Row]) -> Result<(), String> {
     let root = SVGBackend::new(path, (1200, 500)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
     let (left, right) = root.split_horizontally(600);
     type Pick = fn(&RunReport) -> Option<(Summary, Curve)>;
     let panels: [(&str, Pick, _); 2] = [
@@ -91,45 +85,32 @@ pub fn write_cdfs(path: &Path, title: &str, rows: &[&Row]) -> Result<(), PlotErr
             .collect();
         // Clip at the largest p99 so one long tail does not flatten every curve.
         let x_max = ran.iter().map(|(_, s, _)| s.p99).fold(1.0, f64::max) * 1.2;
-        let mut chart = ChartBuilder::on(&area)
-            .caption(format!("{title}: CDF of {what}"), ("sans-serif", 16))
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(40)
-            .build_cartesian_2d(0.0..x_max, 0.0..1.0)
-            .map_err(|e| err(&e))?;
-        chart
-            .configure_mesh()
-            .x_desc(what)
-            .y_desc("share of requests")
-            .draw()
-            .map_err(|e| err(&e))?;
-        for (i, (name, _, pts)) in ran.iter().enumerate() {
+        let caption = format!("{title}: CDF of {what}");
+        let mut chart = panel(
+            &area,
+            Panel {
+                caption: &caption,
+                x: 0.0..x_max,
+                y: 0.0..1.0,
+                x_desc: what,
+                y_desc: "share of requests",
+            },
+        )?;
+        for (i, (name, _, pts)) in ran.into_iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
-            chart
-                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-                .map_err(|e| err(&e))?
-                .label(*name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            line(&mut chart, pts, color.stroke_width(2), name)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| err(&e))?;
+        legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     }
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+    root.present().map_err(|e| e.to_string())
 }
 
 /// p90 TTFT against offered load (sessions/s), one line per contender.
 pub fn write_sweep(path: &Path, title: &str, rows: &[Row]) -> Result<(), PlotError> {
-    let err = |e: &dyn std::fmt::Display| PlotError {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    };
+    draw_sweep(path, title, rows).map_err(|e| PlotError::at(path, e))
+}
+
+fn draw_sweep(path: &Path, title: &str, rows: &[Row]) -> Result<(), String> {
     let mut names: Vec<&str> = Vec::new();
     for r in rows {
         if r.status == Status::Ran && !names.contains(&r.contender.as_str()) {
@@ -141,47 +122,31 @@ pub fn write_sweep(path: &Path, title: &str, rows: &[Row]) -> Result<(), PlotErr
     let x_max = pts.iter().map(|p| p.0).fold(0.1, f64::max) * 1.1;
     let y_max = pts.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
     let root = SVGBackend::new(path, (900, 550)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("{title}: p90 TTFT vs offered load"),
-            ("sans-serif", 16),
-        )
-        .margin(10)
-        .x_label_area_size(35)
-        .y_label_area_size(55)
-        .build_cartesian_2d(0.0..x_max, 0.0..y_max)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("offered load (new sessions/s)")
-        .y_desc("p90 TTFT (ms)")
-        .draw()
-        .map_err(|e| err(&e))?;
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let caption = format!("{title}: p90 TTFT vs offered load");
+    let mut chart = panel(
+        &root,
+        Panel {
+            caption: &caption,
+            x: 0.0..x_max,
+            y: 0.0..y_max,
+            x_desc: "offered load (new sessions/s)",
+            y_desc: "p90 TTFT (ms)",
+        },
+    )?;
     for (i, name) in names.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        let mut line: Vec<(f64, f64)> = rows
+        let mut sweep: Vec<(f64, f64)> = rows
             .iter()
             .filter(|r| r.contender == *name)
             .filter_map(point)
             .collect();
-        line.sort_by(|a, b| a.0.total_cmp(&b.0));
+        sweep.sort_by(|a, b| a.0.total_cmp(&b.0));
+        line(&mut chart, sweep.clone(), color.stroke_width(2), name)?;
         chart
-            .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))
-            .map_err(|e| err(&e))?
-            .label(*name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        chart
-            .draw_series(line.into_iter().map(|p| Circle::new(p, 3, color.filled())))
-            .map_err(|e| err(&e))?;
+            .draw_series(sweep.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+            .map_err(|e| e.to_string())?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+    root.present().map_err(|e| e.to_string())
 }

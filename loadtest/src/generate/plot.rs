@@ -9,24 +9,19 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use super::report::RunReport;
-
-/// Why the plot could not be written.
-#[derive(Debug, thiserror::Error)]
-#[error("plotting {path}: {message}")]
-pub struct PlotError {
-    path: String,
-    message: String,
-}
+pub use crate::plot::PlotError;
+use crate::plot::{Panel, legend, level, line, panel};
 
 /// Time buckets across the run in the bottom panel.
 const BUCKETS: usize = 100;
 
 /// Writes the SVG to `path`.
 pub fn write_svg(path: &Path, report: &RunReport) -> Result<(), PlotError> {
-    let err = |e: &dyn std::fmt::Display| PlotError {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    };
+    draw(path, report).map_err(|e| PlotError::at(path, e))
+}
+
+fn draw(path: &Path, report: &RunReport) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
     let points = &report.timeline;
     let t_max = points
         .iter()
@@ -45,25 +40,20 @@ pub fn write_svg(path: &Path, report: &RunReport) -> Result<(), PlotError> {
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let (top, bottom) = root.split_vertically(420);
 
-    let mut chart = ChartBuilder::on(&top)
-        .caption(
-            format!(
-                "time to first token: {} ({})",
-                report.workload, report.arrival
-            ),
-            ("sans-serif", 18),
-        )
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..t_max, 0.0..ttft_max)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds into the run (send time)")
-        .y_desc("TTFT ms")
-        .draw()
-        .map_err(|e| err(&e))?;
+    let caption = format!(
+        "time to first token: {} ({})",
+        report.workload, report.arrival
+    );
+    let mut chart = panel(
+        &top,
+        Panel {
+            caption: &caption,
+            x: 0.0..t_max,
+            y: 0.0..ttft_max,
+            x_desc: "seconds into the run (send time)",
+            y_desc: "TTFT ms",
+        },
+    )?;
     chart
         .draw_series(points.iter().filter(|p| p.ok).filter_map(|p| {
             p.ttft_ms
@@ -73,18 +63,9 @@ pub fn write_svg(path: &Path, report: &RunReport) -> Result<(), PlotError> {
         .label("completed")
         .legend(|(x, y)| Circle::new((x + 10, y), 3, BLUE.filled()));
     if let Some(slo) = slo {
-        chart
-            .draw_series(LineSeries::new([(0.0, slo), (t_max, slo)], &RED))
-            .map_err(|e| err(&e))?
-            .label("TTFT SLO")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        level(&mut chart, 0.0..t_max, slo, RED, "TTFT SLO")?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
+    legend(&mut chart, SeriesLabelPosition::MiddleRight)?;
 
     let width = t_max / BUCKETS as f64;
     let mut ok = [0u32; BUCKETS];
@@ -98,44 +79,26 @@ pub fn write_svg(path: &Path, report: &RunReport) -> Result<(), PlotError> {
         }
     }
     let count_max = ok.iter().chain(&failed).copied().max().unwrap_or(0).max(1);
-    let mut chart = ChartBuilder::on(&bottom)
-        .caption(
-            format!("requests per {:.3} s (by send time)", width),
-            ("sans-serif", 18),
-        )
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..t_max, 0..count_max + count_max / 10 + 1)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds into the run")
-        .y_desc("requests")
-        .draw()
-        .map_err(|e| err(&e))?;
-    let line = |counts: [u32; BUCKETS]| {
+    let caption = format!("requests per {:.3} s (by send time)", width);
+    let mut chart = panel(
+        &bottom,
+        Panel {
+            caption: &caption,
+            x: 0.0..t_max,
+            y: 0.0..f64::from(count_max + count_max / 10 + 1),
+            x_desc: "seconds into the run",
+            y_desc: "requests",
+        },
+    )?;
+    let buckets = |counts: [u32; BUCKETS]| {
         counts
             .into_iter()
             .enumerate()
-            .map(move |(i, c)| ((i as f64 + 0.5) * width, c))
+            .map(move |(i, c)| ((i as f64 + 0.5) * width, f64::from(c)))
     };
-    chart
-        .draw_series(LineSeries::new(line(ok), &BLUE))
-        .map_err(|e| err(&e))?
-        .label("completed")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
-    chart
-        .draw_series(LineSeries::new(line(failed), &RED))
-        .map_err(|e| err(&e))?
-        .label("failed")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
+    line(&mut chart, buckets(ok), BLUE, "completed")?;
+    line(&mut chart, buckets(failed), RED, "failed")?;
+    legend(&mut chart, SeriesLabelPosition::MiddleRight)?;
     root.present().map_err(|e| err(&e))
 }
 

@@ -6,14 +6,8 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use super::report::RunResult;
-
-/// Why the plot could not be written.
-#[derive(Debug, thiserror::Error)]
-#[error("plotting {path}: {message}")]
-pub struct PlotError {
-    path: String,
-    message: String,
-}
+pub use crate::plot::PlotError;
+use crate::plot::{Panel, legend, level, line, panel};
 
 /// Writes the SVG to `path`.
 pub fn write_svg(
@@ -22,12 +16,17 @@ pub fn write_svg(
     fixed: Option<&RunResult>,
     slo_ttft_ms: f64,
 ) -> Result<(), PlotError> {
-    let err = |e: &dyn std::fmt::Display| PlotError {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    };
+    draw(path, autoscaled, fixed, slo_ttft_ms).map_err(|e| PlotError::at(path, e))
+}
+
+fn draw(
+    path: &Path,
+    autoscaled: &RunResult,
+    fixed: Option<&RunResult>,
+    slo_ttft_ms: f64,
+) -> Result<(), String> {
     let root = SVGBackend::new(path, (1100, 700)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
     let (top, bottom) = root.split_vertically(350);
     let hours = |t: f64| t / 3600.0;
     let series = &autoscaled.series;
@@ -37,57 +36,27 @@ pub fn write_svg(
         .unwrap_or(1.0)
         .max(1.0 / 60.0);
     let fixed_n = fixed.map(|f| f.summary.mean_pods).unwrap_or(0.0);
-    let pods_max = series
-        .iter()
-        .map(|p| f64::from(p.ready + p.starting + p.draining))
-        .fold(fixed_n, f64::max)
-        .max(1.0)
-        * 1.15;
+    let alive = |p: &super::report::SeriesPoint| f64::from(p.ready + p.starting + p.draining);
+    let pods_max = series.iter().map(alive).fold(fixed_n, f64::max).max(1.0) * 1.15;
 
-    let mut chart = ChartBuilder::on(&top)
-        .caption("pods: autoscaled vs fixed", ("sans-serif", 18))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0.0..t_max, 0.0..pods_max)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("hours")
-        .y_desc("pods")
-        .draw()
-        .map_err(|e| err(&e))?;
-    chart
-        .draw_series(LineSeries::new(
-            series
-                .iter()
-                .map(|p| (hours(p.t_s), f64::from(p.ready + p.starting + p.draining))),
-            &BLUE,
-        ))
-        .map_err(|e| err(&e))?
-        .label("autoscaled: pods alive")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
-    chart
-        .draw_series(LineSeries::new(
-            series.iter().map(|p| (hours(p.t_s), f64::from(p.ready))),
-            &GREEN,
-        ))
-        .map_err(|e| err(&e))?
-        .label("autoscaled: ready")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN));
+    let mut chart = panel(
+        &top,
+        Panel {
+            caption: "pods: autoscaled vs fixed",
+            x: 0.0..t_max,
+            y: 0.0..pods_max,
+            x_desc: "hours",
+            y_desc: "pods",
+        },
+    )?;
+    let pods = series.iter().map(|p| (hours(p.t_s), alive(p)));
+    line(&mut chart, pods, BLUE, "autoscaled: pods alive")?;
+    let ready = series.iter().map(|p| (hours(p.t_s), f64::from(p.ready)));
+    line(&mut chart, ready, GREEN, "autoscaled: ready")?;
     if fixed.is_some() {
-        chart
-            .draw_series(LineSeries::new([(0.0, fixed_n), (t_max, fixed_n)], &BLACK))
-            .map_err(|e| err(&e))?
-            .label("fixed pool")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+        level(&mut chart, 0.0..t_max, fixed_n, BLACK, "fixed pool")?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
+    legend(&mut chart, SeriesLabelPosition::MiddleRight)?;
 
     let ttft_max = series
         .iter()
@@ -99,55 +68,27 @@ pub fn write_svg(
         )
         .fold(slo_ttft_ms, f64::max)
         * 1.1;
-    let mut chart = ChartBuilder::on(&bottom)
-        .caption("p90 TTFT per minute (ms)", ("sans-serif", 18))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0.0..t_max, 0.0..ttft_max)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("hours")
-        .y_desc("ms")
-        .draw()
-        .map_err(|e| err(&e))?;
-    chart
-        .draw_series(LineSeries::new(
-            series
-                .iter()
-                .filter_map(|p| p.ttft_p90_ms.map(|v| (hours(p.t_s), v))),
-            &BLUE,
-        ))
-        .map_err(|e| err(&e))?
-        .label("autoscaled")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+    let mut chart = panel(
+        &bottom,
+        Panel {
+            caption: "p90 TTFT per minute (ms)",
+            x: 0.0..t_max,
+            y: 0.0..ttft_max,
+            x_desc: "hours",
+            y_desc: "ms",
+        },
+    )?;
+    let p90 = |r: &RunResult| {
+        r.series
+            .iter()
+            .filter_map(|p| p.ttft_p90_ms.map(|v| (hours(p.t_s), v)))
+            .collect::<Vec<_>>()
+    };
+    line(&mut chart, p90(autoscaled), BLUE, "autoscaled")?;
     if let Some(f) = fixed {
-        chart
-            .draw_series(LineSeries::new(
-                f.series
-                    .iter()
-                    .filter_map(|p| p.ttft_p90_ms.map(|v| (hours(p.t_s), v))),
-                &BLACK,
-            ))
-            .map_err(|e| err(&e))?
-            .label("fixed")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+        line(&mut chart, p90(f), BLACK, "fixed")?;
     }
-    chart
-        .draw_series(LineSeries::new(
-            [(0.0, slo_ttft_ms), (t_max, slo_ttft_ms)],
-            &RED,
-        ))
-        .map_err(|e| err(&e))?
-        .label("TTFT SLO")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+    level(&mut chart, 0.0..t_max, slo_ttft_ms, RED, "TTFT SLO")?;
+    legend(&mut chart, SeriesLabelPosition::MiddleRight)?;
+    root.present().map_err(|e| e.to_string())
 }

@@ -14,6 +14,7 @@ use plotters::prelude::*;
 use super::StepError;
 use super::analysis::Row;
 use super::run::StepReport;
+use crate::plot::{Panel, legend, line};
 
 type Series<'a> = (String, RGBColor, u32, Vec<(f64, f64)>);
 
@@ -94,52 +95,41 @@ fn draw(path: &Path, report: &StepReport) -> Result<(), String> {
         "step load {} ({:.2} req/s = 100% of one pod)",
         report.workload, report.capacity.requests_per_s
     );
-    panel(&panels[0], &title, "pods", t_max, &pods)?;
-    panel(&panels[1], "queue", "requests", t_max, &queue)?;
-    panel(&panels[2], "p90 TTFT (trailing window)", "ms", t_max, &ttft)?;
+    draw_panel(&panels[0], &title, "pods", t_max, &pods)?;
+    draw_panel(&panels[1], "queue", "requests", t_max, &queue)?;
+    draw_panel(&panels[2], "p90 TTFT (trailing window)", "ms", t_max, &ttft)?;
     root.present().map_err(|e| err(&e))
 }
 
-fn panel(
+fn draw_panel(
     area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
     caption: &str,
     y_desc: &str,
     t_max: f64,
     lines: &[Series],
 ) -> Result<(), String> {
-    let err = |e: &dyn std::fmt::Display| e.to_string();
     let y_max = lines
         .iter()
         .flat_map(|(_, _, _, pts)| pts.iter().map(|p| p.1))
         .fold(1.0, f64::max)
         * 1.1;
-    let mut chart = ChartBuilder::on(area)
-        .caption(caption, ("sans-serif", 16))
-        .margin(8)
-        .x_label_area_size(28)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..t_max, 0.0..y_max)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds")
-        .y_desc(y_desc)
-        .light_line_style(WHITE.mix(0.0))
-        .draw()
-        .map_err(|e| err(&e))?;
+    let mut chart = crate::plot::panel(
+        area,
+        Panel {
+            caption,
+            x: 0.0..t_max,
+            y: 0.0..y_max,
+            x_desc: "seconds",
+            y_desc,
+        },
+    )?;
     for (label, color, width, pts) in lines {
-        let style = color.stroke_width(*width);
-        chart
-            .draw_series(LineSeries::new(pts.iter().copied(), style))
-            .map_err(|e| err(&e))?
-            .label(label.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], style));
+        line(
+            &mut chart,
+            pts.iter().copied(),
+            color.stroke_width(*width),
+            label,
+        )?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK.mix(0.3))
-        .draw()
-        .map_err(|e| err(&e))
+    legend(&mut chart, SeriesLabelPosition::UpperRight)
 }
