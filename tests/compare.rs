@@ -1,61 +1,20 @@
 //! End-to-end tests of `infergate loadtest compare`: the real binary starting real sims and
 //! gateways on 127.0.0.1, checked through the JSON report it writes.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
 
 use serde_json::Value;
 
-/// A fresh temporary directory, removed on drop.
-struct TempDir(PathBuf);
+mod common;
+use common::{TempDir, run_to_end};
 
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "infergate-compare-{tag}-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        ));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Runs `infergate loadtest compare ARGS`, killed if it takes longer than `within`.
+/// Runs `infergate loadtest compare ARGS` to its end, bounded by `within`.
 fn compare(args: &[&str], within: Duration) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_infergate"))
-        .arg("loadtest")
-        .arg("compare")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn infergate");
-    let deadline = Instant::now() + within;
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "compare did not finish within {within:?}; stderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut all = vec!["loadtest", "compare"];
+    all.extend_from_slice(args);
+    run_to_end(&all, within)
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> String {

@@ -7,65 +7,20 @@
 //! The assertions are about behaviour with wide margins (the pool grew and shrank, the fixed pool
 //! used more pod-seconds), never about latency figures.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
 
 use serde_json::Value;
 
-/// A fresh temporary directory, removed on drop.
-struct TempDir(PathBuf);
+mod common;
+use common::{TempDir, run_to_end};
 
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "infergate-stepload-{tag}-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        ));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Runs `infergate loadtest step ARGS`, killed if it takes longer than `within`.
+/// Runs `infergate loadtest step ARGS` to its end, bounded by `within`.
 fn step(args: &[&str], within: Duration) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_infergate"))
-        .args(["loadtest", "step"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start infergate loadtest step");
-    let deadline = Instant::now() + within;
-    while child.try_wait().expect("poll the child").is_none() {
-        if Instant::now() >= deadline {
-            // SIGINT (its Ctrl-C) first, so it can stop its own `up` children.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGINT,
-            );
-            std::thread::sleep(Duration::from_secs(5));
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("collect output");
-            panic!(
-                "loadtest step did not finish within {within:?}\nstdout:\n{}\nstderr:\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    child.wait_with_output().expect("collect output")
+    let mut all = vec!["loadtest", "step"];
+    all.extend_from_slice(args);
+    run_to_end(&all, within)
 }
 
 const FAST: &[&str] = &[

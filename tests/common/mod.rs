@@ -103,3 +103,54 @@ pub fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
     let addr = rest.split_whitespace().next()?.parse().ok()?;
     Some((role.to_string(), addr))
 }
+
+/// A fresh temporary directory, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir =
+            std::env::temp_dir().join(format!("infergate-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `infergate <args>` to its end and returns its output. Past `within` it gets SIGINT (its
+/// Ctrl-C, so it can stop children of its own), then SIGKILL 5 s later, and the test fails with
+/// what it printed.
+pub fn run_to_end(args: &[&str], within: Duration) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_infergate"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn infergate");
+    let deadline = std::time::Instant::now() + within;
+    while child.try_wait().expect("poll the child").is_none() {
+        if std::time::Instant::now() >= deadline {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+            std::thread::sleep(Duration::from_secs(5));
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("collect output");
+            panic!(
+                "infergate {args:?} did not finish within {within:?}\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("collect output")
+}
