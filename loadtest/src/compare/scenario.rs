@@ -70,7 +70,7 @@ pub struct Scenario {
     #[serde(default = "default_arrival")]
     pub arrival: String,
     /// Pause between an answer and the session's next turn (multi-turn workloads).
-    #[serde(default = "default_think", with = "duration_str")]
+    #[serde(default = "default_think", with = "crate::generate::duration_serde")]
     pub think_time: Duration,
     /// The offered loads, one run per contender each: fractions of [`Scenario::capacity`] (with
     /// `rate_unit: capacity`, the default) or new sessions per second (`rate_unit: per_s`).
@@ -82,10 +82,10 @@ pub struct Scenario {
     #[serde(default)]
     pub capacity: Option<CapacityConfig>,
     /// How long arrivals are scheduled in each run; the run then drains what is in flight.
-    #[serde(with = "duration_str")]
+    #[serde(with = "crate::generate::duration_serde")]
     pub duration: Duration,
     /// Per-request deadline.
-    #[serde(default = "default_timeout", with = "duration_str")]
+    #[serde(default = "default_timeout", with = "crate::generate::duration_serde")]
     pub request_timeout: Duration,
     /// Goodput objectives.
     #[serde(default)]
@@ -177,7 +177,7 @@ pub struct ProbeConfig {
     /// New sessions per second offered to the ONE probed pod; must keep its queue non-empty.
     pub rate: f64,
     /// How long the probe offers it (the first third is warm-up and not measured).
-    #[serde(with = "duration_str")]
+    #[serde(with = "crate::generate::duration_serde")]
     pub duration: Duration,
 }
 
@@ -186,10 +186,10 @@ pub struct ProbeConfig {
 #[serde(deny_unknown_fields)]
 pub struct SloConfig {
     /// Time to first token.
-    #[serde(default, with = "duration_str::option")]
+    #[serde(default, with = "crate::generate::duration_serde::option")]
     pub ttft: Option<Duration>,
     /// Mean inter-token latency per request.
-    #[serde(default, with = "duration_str::option")]
+    #[serde(default, with = "crate::generate::duration_serde::option")]
     pub itl: Option<Duration>,
 }
 
@@ -200,7 +200,7 @@ pub struct FaultConfig {
     /// Pod index (0-based).
     pub pod: u32,
     /// When, from the run's start.
-    #[serde(with = "duration_str")]
+    #[serde(with = "crate::generate::duration_serde")]
     pub after: Duration,
     /// Real-time delay added before each completion request (a degraded GPU or host).
     #[serde(default)]
@@ -544,43 +544,6 @@ impl Scenario {
             return Err(bad("contenders", "at least one contender is needed".into()));
         }
         Ok(())
-    }
-}
-
-/// Human durations (`500ms`, `60s`) in scenario files, as in the main config file.
-mod duration_str {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        crate::generate::parse_duration(&text).map_err(serde::de::Error::custom)
-    }
-
-    pub(super) mod option {
-        use super::*;
-
-        pub(in super::super) fn serialize<S: Serializer>(
-            d: &Option<Duration>,
-            s: S,
-        ) -> Result<S::Ok, S::Error> {
-            match d {
-                Some(d) => super::serialize(d, s),
-                None => s.serialize_none(),
-            }
-        }
-
-        pub(in super::super) fn deserialize<'de, D: Deserializer<'de>>(
-            d: D,
-        ) -> Result<Option<Duration>, D::Error> {
-            #[derive(Deserialize)]
-            struct Wrap(#[serde(deserialize_with = "super::deserialize")] Duration);
-            Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
-        }
     }
 }
 

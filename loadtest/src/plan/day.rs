@@ -25,7 +25,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::scenario::{ScenarioError, humantime_serde_compat, parse_lengths};
+use super::scenario::{ScenarioError, parse_lengths};
 use crate::generate::arrival::{self, ArrivalProcess, Bound};
 use crate::generate::trace::read_azure_csv;
 use crate::generate::workload::{Plan, SessionPlan, TurnPlan, WorkloadSpec, plan_sessions};
@@ -35,17 +35,17 @@ use crate::generate::workload::{Plan, SessionPlan, TurnPlan, WorkloadSpec, plan_
 #[serde(default, deny_unknown_fields)]
 pub struct DayConfig {
     /// How long the generated span is (a day by default; shorter for tests).
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "crate::generate::duration_serde")]
     pub duration: Duration,
     /// The length of one diurnal cycle.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "crate::generate::duration_serde")]
     pub period: Duration,
     /// Sessions per second at the busiest time.
     pub peak_rate: f64,
     /// Sessions per second at the quietest time.
     pub trough_rate: f64,
     /// When the peak is, from the start.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "crate::generate::duration_serde")]
     pub peak_at: Duration,
     /// Exponent of the raised cosine (see the module docs).
     pub sharpness: f64,
@@ -80,7 +80,7 @@ pub struct Bursts {
     /// How many.
     pub count: u32,
     /// How long each lasts.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "crate::generate::duration_serde")]
     pub length: Duration,
     /// Rate multiplier inside a burst.
     pub factor: f64,

@@ -55,10 +55,10 @@ pub struct Scenario {
     /// The gateway's flow control (saturation, bounded queue, timeout), as `gateway.flow`.
     pub flow: FlowConfig,
     /// The gateway's scrape interval.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "crate::generate::duration_serde")]
     pub scrape_interval: Duration,
     /// The autoscaler's decision interval.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "crate::generate::duration_serde")]
     pub autoscaler_interval: Duration,
     /// The pool's autoscaling, as `pools[].autoscaling`.
     pub autoscaling: AutoscalingConfig,
@@ -108,7 +108,7 @@ pub struct PodsConfig {
     pub initial: Option<u32>,
     /// Time from "replica requested" to "ready": scheduling, image pull, weights load, CUDA graph
     /// capture. 60 s is a warm node pulling an 8B model from a local cache; cold nodes take minutes.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "crate::generate::duration_serde")]
     pub cold_start: Duration,
 }
 
@@ -152,10 +152,10 @@ impl PodsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct SloConfig {
     /// Time to first token, measured at the client (gateway hold time included).
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "crate::generate::duration_serde")]
     pub ttft: Duration,
     /// Mean inter-token latency per request (TPOT), as `loadtest run` judges it.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "crate::generate::duration_serde")]
     pub itl: Duration,
     /// Share of requests that must meet the TTFT SLO (sizes the fixed pool).
     pub attainment: f64,
@@ -183,7 +183,7 @@ pub enum WorkloadConfig {
         #[serde(default)]
         rate: Option<f64>,
         /// Replay only this long.
-        #[serde(default, with = "humantime_serde_compat::option")]
+        #[serde(default, with = "crate::generate::duration_serde::option")]
         duration: Option<Duration>,
     },
     /// A generated day (see [`super::day`]).
@@ -268,41 +268,4 @@ pub fn parse_lengths(spec: &str) -> Result<WorkloadSpec, ScenarioError> {
         .map_err(|e: crate::generate::workload::WorkloadError| {
             ScenarioError::Invalid(e.to_string())
         })
-}
-
-/// Human durations (`100ms`, `60s`, `24h`) in scenario files, as in the main config file.
-pub(crate) mod humantime_serde_compat {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        crate::generate::parse_duration(&text).map_err(serde::de::Error::custom)
-    }
-
-    pub(crate) mod option {
-        use super::*;
-
-        pub(crate) fn serialize<S: Serializer>(
-            d: &Option<Duration>,
-            s: S,
-        ) -> Result<S::Ok, S::Error> {
-            match d {
-                Some(d) => super::serialize(d, s),
-                None => s.serialize_none(),
-            }
-        }
-
-        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-            d: D,
-        ) -> Result<Option<Duration>, D::Error> {
-            #[derive(Deserialize)]
-            struct Wrap(#[serde(deserialize_with = "super::deserialize")] Duration);
-            Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
-        }
-    }
 }
