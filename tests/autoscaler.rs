@@ -101,12 +101,7 @@ async fn local_actuator_scales_a_burst_up_at_once_and_back_down_after_the_window
     .await;
     let pod = ready_pod(&http, &url).await;
 
-    let burst: Vec<_> = (0..10)
-        .map(|_| {
-            let (http, pod) = (http.clone(), pod.clone());
-            tokio::spawn(async move { chat(&http, &pod, MODEL, 200).await })
-        })
-        .collect();
+    let burst = burst(&http, &pod, MODEL, 10, 200);
     let m = wait_for(
         &http,
         &url,
@@ -293,12 +288,7 @@ pools:
     .await;
 
     let pod = format!("http://{sim_addr}");
-    let burst: Vec<_> = (0..10)
-        .map(|_| {
-            let (http, pod) = (http.clone(), pod.clone());
-            tokio::spawn(async move { chat(&http, &pod, MODEL, 200).await })
-        })
-        .collect();
+    let burst = burst(&http, &pod, MODEL, 10, 200);
     let m = wait_for(
         &http,
         &url,

@@ -66,12 +66,7 @@ async fn a_burst_scales_up_in_one_decision_and_the_pool_drains_back_to_min_witho
     .await;
 
     // 16 long requests at once on one pod that runs 2 at a time.
-    let burst: Vec<_> = (0..16)
-        .map(|_| {
-            let (http, api) = (http.clone(), api.clone());
-            tokio::spawn(async move { chat(&http, &api, MODEL, 300).await })
-        })
-        .collect();
+    let burst = burst(&http, &api, MODEL, 16, 300);
     let m = wait_for(
         &http,
         &autoscaler,

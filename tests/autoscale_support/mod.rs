@@ -66,6 +66,23 @@ pub async fn chat(
         .map(|(status, _)| status)
 }
 
+/// `n` chat completions of `tokens` output tokens each, sent at once to `base`; await the handles
+/// for their statuses.
+pub fn burst(
+    client: &HttpClient,
+    base: &str,
+    model: &str,
+    n: usize,
+    tokens: u32,
+) -> Vec<tokio::task::JoinHandle<Result<u16, String>>> {
+    (0..n)
+        .map(|_| {
+            let (client, base, model) = (client.clone(), base.to_string(), model.to_string());
+            tokio::spawn(async move { chat(&client, &base, &model, tokens).await })
+        })
+        .collect()
+}
+
 /// The value of the sample `name{labels}` on a Prometheus text page (labels matched as a subset).
 pub fn metric(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     page.lines().find_map(|line| {
