@@ -2,17 +2,27 @@
 # Proxy overhead of infergate, measured against a trivial upstream (gateway/examples/echo_upstream.rs
 # answering a 1 KiB JSON), side by side with going direct and with nginx (Debian's; proxy_pass to an
 # upstream block with keepalive, round robin). Everything binds 127.0.0.1. A measurement, not a test:
-# run it by hand (it takes about a minute), and copy the table into docs/BENCHMARKS.md.
+# run it by hand (it takes two to three minutes), and copy the tables into docs/BENCHMARKS.md.
+#
+# Phases: 0. the machine's scheduling floor (`bench_client jitter`: how late an idle thread wakes);
+# 1. closed loop, wrk; 2. open loop at half of infergate's wrk peak (`bench_client rate`: wrk2's
+# method, latency from each request's scheduled time; OPEN_REPS interleaved rounds of direct,
+# infergate, nginx, medians reported); 3. concurrent SSE streams.
 #
 #   scripts/bench-proxy.sh            # wrk at 2 threads / 64 connections, 5 s per phase
 #   DURATION=10 CONNS=128 STREAMS=1000 scripts/bench-proxy.sh
 #   NO_BUILD=1 scripts/bench-proxy.sh   # use the release binaries already in target/
 #   WORKERS=1 scripts/bench-proxy.sh    # the gateway's --workers (default: one per core)
 #   BASELINE_BIN=/tmp/infergate-old scripts/bench-proxy.sh  # also measure another build ("baseline")
+#   PIN=1 scripts/bench-proxy.sh        # load clients on CPU $CLIENT_CPUS (0), servers on $SERVER_CPUS (1)
+#   OPEN_DURATION=10 OPEN_REPS=3 OPEN_CONNS=64 WARMUP=1 POISSON=1 scripts/bench-proxy.sh  # phase 2
+#
+# With PIN=1 every phase runs pinned (the peak that sets phase 2's rate too), the gateway then
+# sees one core (--workers default: one per core) and nginx gets one worker per server core.
 #
 # The last line, `summary: ...`, carries every figure as key=value for scripts that take medians.
 #
-# Needs wrk and nginx (scripts/install-tools.sh installs both).
+# Needs wrk and nginx (scripts/install-tools.sh installs both), and taskset for PIN=1.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 DURATION=${DURATION:-5}
@@ -23,6 +33,14 @@ CHUNKS=${CHUNKS:-20}
 INTERVAL_MS=${INTERVAL_MS:-50}
 WORKERS=${WORKERS:-0}
 BASELINE_BIN=${BASELINE_BIN:-}
+OPEN_DURATION=${OPEN_DURATION:-$DURATION}
+OPEN_REPS=${OPEN_REPS:-3}
+OPEN_CONNS=${OPEN_CONNS:-64}
+WARMUP=${WARMUP:-1}
+POISSON=${POISSON:-}
+PIN=${PIN:-}
+CLIENT_CPUS=${CLIENT_CPUS:-0}
+SERVER_CPUS=${SERVER_CPUS:-1}
 log() { printf '[bench-proxy] %s\n' "$*" >&2; }
 
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
@@ -33,6 +51,11 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 if [ -z "${NO_BUILD:-}" ]; then
   log "building (release)"
   (cd "$root" && cargo build --release -q --bin infergate && cargo build --release -q -p infergate-gateway --example echo_upstream --example bench_client)
+fi
+# cli: prefix for load clients; srv: prefix for servers (empty unless PIN=1).
+cli=(); srv=()
+if [ -n "$PIN" ]; then
+  cli=(taskset -c "$CLIENT_CPUS"); srv=(taskset -c "$SERVER_CPUS")
 fi
 bin="$root/target/release"
 ex="$root/target/release/examples"
@@ -63,19 +86,22 @@ start() {
 }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-up=$(start sim "$tmp/up.out" "$ex/echo_upstream" 127.0.0.1:0)
-gw=$(start gateway "$tmp/gw.out" "$bin/infergate" gateway --model m --endpoints "http://$up" \
+load_before=$(uptime)
+up=$(start sim "$tmp/up.out" "${srv[@]}" "$ex/echo_upstream" 127.0.0.1:0)
+gw=$(start gateway "$tmp/gw.out" "${srv[@]}" "$bin/infergate" gateway --model m --endpoints "http://$up" \
   --flavor vllm --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --workers "$WORKERS")
 gateways=(infergate)
 if [ -n "$BASELINE_BIN" ]; then
-  base=$(start gateway "$tmp/base.out" "$BASELINE_BIN" gateway --model m --endpoints "http://$up" \
+  base=$(start gateway "$tmp/base.out" "${srv[@]}" "$BASELINE_BIN" gateway --model m --endpoints "http://$up" \
     --flavor vllm --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0)
   gateways+=(baseline)
 fi
 ngx_port=$(free_port)
 mkdir -p "$tmp/nginx"
+ngx_workers=auto
+[ -n "$PIN" ] && ngx_workers=$("${srv[@]}" nproc)
 cat >"$tmp/nginx.conf" <<NGINX
-worker_processes auto;
+worker_processes $ngx_workers;
 pid $tmp/nginx.pid;
 error_log $tmp/nginx/error.log warn;
 events { worker_connections 16384; }
@@ -98,7 +124,7 @@ http {
   }
 }
 NGINX
-"$nginx_bin" -c "$tmp/nginx.conf" -p "$tmp/nginx" -g 'daemon off;' 2>"$tmp/nginx.err" &
+"${srv[@]}" "$nginx_bin" -c "$tmp/nginx.conf" -p "$tmp/nginx" -g 'daemon off;' 2>"$tmp/nginx.err" &
 pids+=($!)
 for _ in $(seq 1 100); do
   (exec 3<>/dev/tcp/127.0.0.1/"$ngx_port") 2>/dev/null && break
@@ -116,7 +142,7 @@ LUA
 # wrk phase -> "rps p50 p99" (latencies in microseconds).
 run_wrk() {
   local url=$1
-  wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency -s "$tmp/post.lua" "$url/v1/chat/completions" >"$tmp/wrk.out"
+  "${cli[@]}" wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency -s "$tmp/post.lua" "$url/v1/chat/completions" >"$tmp/wrk.out"
   awk '
     function us(v) { if (v ~ /us$/) return v+0; if (v ~ /ms$/) return (v+0)*1000; if (v ~ /s$/) return (v+0)*1000000; return v }
     /Requests\/sec/ { rps=$2 }
@@ -126,38 +152,79 @@ run_wrk() {
     END { printf "%.0f %.0f %.0f %s\n", rps, p50, p99, (bad==""?0:bad) }' "$tmp/wrk.out"
 }
 
+log "scheduling floor: bench_client jitter 3 (an idle thread waking every 100 us)"
+jit=$("${cli[@]}" "$ex/bench_client" jitter 3)
+kv() { sed -n "s/.*\b$1=\([0-9.a-z]*\).*/\1/p" <<<"$2"; }
+
 declare -A RPS P50 P99 BAD
 for target in direct "${gateways[@]}" nginx; do
   case $target in direct) a=$up ;; infergate) a=$gw ;; baseline) a=$base ;; nginx) a=$ngx ;; esac
   log "wrk $target: ${THREADS} threads, ${CONNS} connections, ${DURATION}s"
-  wrk -t1 -c4 -d1s -s "$tmp/post.lua" "http://$a/v1/chat/completions" >/dev/null  # warm-up
+  "${cli[@]}" wrk -t1 -c4 -d1s -s "$tmp/post.lua" "http://$a/v1/chat/completions" >/dev/null  # warm-up
   read -r r p50 p99 bad < <(run_wrk "http://$a")
   RPS[$target]=$r; P50[$target]=$p50; P99[$target]=$p99; BAD[$target]=$bad
 done
 
 half=$(( ${RPS[infergate]} / 2 ))
-declare -A RP50 RP99 RACH
-for target in direct "${gateways[@]}" nginx; do
-  case $target in direct) a=$up ;; infergate) a=$gw ;; baseline) a=$base ;; nginx) a=$ngx ;; esac
-  log "open loop $target at $half req/s for ${DURATION}s"
-  line=$("$ex/bench_client" rate "http://$a/v1/chat/completions" "$half" "$DURATION")
-  RP50[$target]=$(sed -n 's/.*p50_us=\([0-9]*\).*/\1/p' <<<"$line")
-  RP99[$target]=$(sed -n 's/.*p99_us=\([0-9]*\).*/\1/p' <<<"$line")
-  RACH[$target]=$(sed -n 's/.*achieved=\([0-9]*\).*/\1/p' <<<"$line")
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END { if (NR % 2) print a[(NR+1)/2]; else printf "%.0f\n", (a[NR/2]+a[NR/2+1])/2 }'; }
+open_args=(--conns "$OPEN_CONNS" --warmup "$WARMUP")
+[ -n "$POISSON" ] && open_args+=(--poisson)
+# Per target and round: O[key,target,round] for the keys bench_client prints.
+declare -A O
+open_valid=yes
+for round in $(seq 1 "$OPEN_REPS"); do
+  for target in direct "${gateways[@]}" nginx; do
+    case $target in direct) a=$up ;; infergate) a=$gw ;; baseline) a=$base ;; nginx) a=$ngx ;; esac
+    log "open loop round $round/$OPEN_REPS, $target at $half req/s for ${OPEN_DURATION}s (+${WARMUP}s warm-up)"
+    line=$("${cli[@]}" "$ex/bench_client" rate "http://$a/v1/chat/completions" "$half" "$OPEN_DURATION" "${open_args[@]}")
+    log "  $line"
+    for k in achieved errors p50_us p90_us p99_us p999_us max_us late_client late_backlog client_cpu_pct valid; do
+      O[$k,$target,$round]=$(kv "$k" "$line")
+    done
+    if [ "${O[valid,$target,$round]}" != yes ]; then
+      open_valid=no
+      log "  NOT VALID: round $round $target: late_client=${O[late_client,$target,$round]} errors=${O[errors,$target,$round]}"
+    fi
+  done
+done
+# Medians over the rounds; p99 added is the median of the per-round differences to direct.
+declare -A RP50 RP99 RACH RADD RLATE RBACK RERR RCPU RP99S
+for t in direct "${gateways[@]}" nginx; do
+  for k in p50_us p90_us p99_us p999_us max_us achieved client_cpu_pct; do
+    vals=(); for r in $(seq 1 "$OPEN_REPS"); do vals+=("${O[$k,$t,$r]}"); done
+    O[$k,$t,med]=$(median "${vals[@]}")
+  done
+  adds=(); lates=0; backs=0; errs=0; p99s=()
+  for r in $(seq 1 "$OPEN_REPS"); do
+    adds+=($(( ${O[p99_us,$t,$r]} - ${O[p99_us,direct,$r]} )))
+    lates=$(( lates + ${O[late_client,$t,$r]} )); backs=$(( backs + ${O[late_backlog,$t,$r]} ))
+    errs=$(( errs + ${O[errors,$t,$r]} )); p99s+=("${O[p99_us,$t,$r]}")
+  done
+  RP50[$t]=${O[p50_us,$t,med]}; RP99[$t]=${O[p99_us,$t,med]}; RACH[$t]=${O[achieved,$t,med]}
+  RADD[$t]=$(median "${adds[@]}"); RLATE[$t]=$lates; RBACK[$t]=$backs; RERR[$t]=$errs
+  RCPU[$t]=${O[client_cpu_pct,$t,med]}; RP99S[$t]=$(IFS=,; echo "${p99s[*]}")
 done
 
 declare -A SP50 SP99 SDONE
 for target in direct "${gateways[@]}"; do
   case $target in direct) a=$up ;; infergate) a=$gw ;; baseline) a=$base ;; esac
   log "$STREAMS concurrent SSE streams via $target ($CHUNKS chunks, ${INTERVAL_MS} ms apart)"
-  line=$("$ex/bench_client" sse "http://$a/v1/chat/completions" "$STREAMS" "$CHUNKS" "$INTERVAL_MS")
+  line=$("${cli[@]}" "$ex/bench_client" sse "http://$a/v1/chat/completions" "$STREAMS" "$CHUNKS" "$INTERVAL_MS")
   SP50[$target]=$(sed -n 's/.*p50_us=\([0-9]*\).*/\1/p' <<<"$line")
   SP99[$target]=$(sed -n 's/.*p99_us=\([0-9]*\).*/\1/p' <<<"$line")
   SDONE[$target]=$(sed -n 's/.*complete=\([0-9]*\).*/\1/p' <<<"$line")
 done
 
 echo
+load_after=$(uptime)
 echo "machine: $(nproc) cores, $(uname -sr); $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "load before: ${load_before#*load average: }; after: ${load_after#*load average: } (1, 5, 15 min)"
+if [ -n "$PIN" ]; then
+  echo "pinned: load clients (wrk, bench_client) on CPU $CLIENT_CPUS; upstream, gateway, nginx on CPU $SERVER_CPUS (nginx workers: $ngx_workers)"
+else
+  echo "not pinned: clients and servers share all cores"
+fi
+echo "scheduling floor (idle thread, 100 us period, 3 s): p50 $(kv p50_us "$jit") us, p99 $(kv p99_us "$jit") us, max $(kv max_us "$jit") us, late >1 ms $(kv late_pct "$jit")%"
 echo
 echo "Closed loop (wrk -t$THREADS -c$CONNS -d${DURATION}s, 1 KiB JSON POST -> 1 KiB JSON):"
 printf '| %-9s | %9s | %8s | %8s | %7s |\n' target "req/s" "p50 us" "p99 us" non-2xx
@@ -166,12 +233,20 @@ for t in direct "${gateways[@]}" nginx; do
   printf '| %-9s | %9s | %8s | %8s | %7s |\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "${BAD[$t]}"
 done
 echo
-echo "Open loop at half of infergate's peak ($half req/s, ${DURATION}s, latency from the scheduled start):"
-printf '| %-9s | %9s | %8s | %8s | %14s |\n' target "achieved" "p50 us" "p99 us" "p99 added us"
-printf '|%s|%s|%s|%s|%s|\n' ----------- ----------- ---------- ---------- ----------------
+echo "Open loop at half of infergate's peak ($half req/s, $OPEN_CONNS connections, ${OPEN_DURATION}s + ${WARMUP}s warm-up, ${POISSON:+Poisson}${POISSON:-even} arrivals; latency from the scheduled time; median of $OPEN_REPS interleaved rounds; late: sends >1 ms after their time, summed):"
+printf '| %-9s | %8s | %7s | %7s | %7s | %7s | %7s | %9s | %-20s | %6s | %7s | %5s | %4s |\n' \
+  target achieved "p50 us" "p90 us" "p99 us" "p99.9us" "max us" "p99 added" "p99 per round" "late c" "late bl" "cpu %" err
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' ----------- ---------- --------- --------- --------- --------- --------- ----------- ---------------------- -------- --------- ------- ------
 for t in direct "${gateways[@]}" nginx; do
-  printf '| %-9s | %9s | %8s | %8s | %14s |\n' "$t" "${RACH[$t]}" "${RP50[$t]}" "${RP99[$t]}" "$(( ${RP99[$t]} - ${RP99[direct]} ))"
+  printf '| %-9s | %8s | %7s | %7s | %7s | %7s | %7s | %9s | %-20s | %6s | %7s | %5s | %4s |\n' "$t" "${RACH[$t]}" "${RP50[$t]}" \
+    "${O[p90_us,$t,med]}" "${RP99[$t]}" "${O[p999_us,$t,med]}" "${O[max_us,$t,med]}" "${RADD[$t]}" "${RP99S[$t]}" \
+    "${RLATE[$t]}" "${RBACK[$t]}" "${RCPU[$t]}" "${RERR[$t]}"
 done
+if [ "$open_valid" = yes ]; then
+  echo "open loop: client healthy (in every round, late_client <= 0.5% of requests and no errors)"
+else
+  echo "open loop: NOT VALID: in some round the client sent more than 0.5% of requests >1 ms late by its own fault, or saw errors (see the log above)"
+fi
 echo
 echo "$STREAMS concurrent SSE streams, $CHUNKS chunks ${INTERVAL_MS} ms apart (chunk delivery delay, send -> receive):"
 printf '| %-9s | %9s | %8s | %8s | %14s |\n' target complete "p50 us" "p99 us" "p99 added us"
@@ -182,9 +257,12 @@ done
 echo
 summary="summary:"
 for t in direct "${gateways[@]}" nginx; do
-  summary+=" ${t}_rps=${RPS[$t]} ${t}_p50=${P50[$t]} ${t}_p99=${P99[$t]} ${t}_open_p99=${RP99[$t]} ${t}_open_added=$(( ${RP99[$t]} - ${RP99[direct]} ))"
+  summary+=" ${t}_rps=${RPS[$t]} ${t}_p50=${P50[$t]} ${t}_p99=${P99[$t]} ${t}_open_p99=${RP99[$t]} ${t}_open_added=${RADD[$t]}"
+  summary+=" ${t}_open_p50=${RP50[$t]} ${t}_open_achieved=${RACH[$t]} ${t}_open_late_client=${RLATE[$t]} ${t}_open_late_backlog=${RBACK[$t]}"
 done
 for t in direct "${gateways[@]}"; do
   summary+=" ${t}_sse_p99=${SP99[$t]} ${t}_sse_added=$(( ${SP99[$t]} - ${SP99[direct]} ))"
 done
+load1=${load_after#*load average: }; load1=${load1%%,*}
+summary+=" open_rps=$half open_valid=$open_valid pin=${PIN:-0} jitter_late_pct=$(kv late_pct "$jit") load1=$load1"
 echo "$summary"
