@@ -14,8 +14,9 @@
 #   NO_BUILD=1 scripts/bench-proxy.sh   # use the release binaries already in target/
 #   WORKERS=1 scripts/bench-proxy.sh    # the gateway's --workers (default: one per core)
 #   BASELINE_BIN=/tmp/infergate-old scripts/bench-proxy.sh  # also measure another build ("baseline")
+#   INFERGATE_BIN=/tmp/infergate-abc123 NO_BUILD=1 scripts/bench-proxy.sh  # a copy of a known build
 #   PIN=1 scripts/bench-proxy.sh        # load clients on CPU $CLIENT_CPUS (0), servers on $SERVER_CPUS (1)
-#   OPEN_DURATION=10 OPEN_REPS=3 OPEN_CONNS=64 WARMUP=1 POISSON=1 scripts/bench-proxy.sh  # phase 2
+#   OPEN_DURATION=10 OPEN_REPS=5 OPEN_CONNS=64 WARMUP=1 POISSON=1 scripts/bench-proxy.sh  # phase 2
 #
 # With PIN=1 every phase runs pinned (the peak that sets phase 2's rate too), the gateway then
 # sees one core (--workers default: one per core) and nginx gets one worker per server core.
@@ -34,7 +35,7 @@ INTERVAL_MS=${INTERVAL_MS:-50}
 WORKERS=${WORKERS:-0}
 BASELINE_BIN=${BASELINE_BIN:-}
 OPEN_DURATION=${OPEN_DURATION:-$DURATION}
-OPEN_REPS=${OPEN_REPS:-3}
+OPEN_REPS=${OPEN_REPS:-5}
 OPEN_CONNS=${OPEN_CONNS:-64}
 WARMUP=${WARMUP:-1}
 POISSON=${POISSON:-}
@@ -58,6 +59,7 @@ if [ -n "$PIN" ]; then
   cli=(taskset -c "$CLIENT_CPUS"); srv=(taskset -c "$SERVER_CPUS")
 fi
 bin="$root/target/release"
+INFERGATE_BIN=${INFERGATE_BIN:-$bin/infergate}
 ex="$root/target/release/examples"
 
 tmp=$(mktemp -d)
@@ -88,7 +90,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 load_before=$(uptime)
 up=$(start sim "$tmp/up.out" "${srv[@]}" "$ex/echo_upstream" 127.0.0.1:0)
-gw=$(start gateway "$tmp/gw.out" "${srv[@]}" "$bin/infergate" gateway --model m --endpoints "http://$up" \
+gw=$(start gateway "$tmp/gw.out" "${srv[@]}" "$INFERGATE_BIN" gateway --model m --endpoints "http://$up" \
   --flavor vllm --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --workers "$WORKERS")
 gateways=(infergate)
 if [ -n "$BASELINE_BIN" ]; then

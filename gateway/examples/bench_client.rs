@@ -152,6 +152,8 @@ fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
 struct Conn {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// Read scratch, allocated once (not zeroed per request).
+    scratch: Vec<u8>,
 }
 
 impl Conn {
@@ -162,13 +164,13 @@ impl Conn {
         Ok(Conn {
             stream,
             buf: Vec::with_capacity(16 * 1024),
+            scratch: vec![0; 16 * 1024],
         })
     }
 
     /// Writes `req`, reads one whole answer; returns its status and whether to reconnect.
     fn round_trip(&mut self, req: &[u8]) -> std::io::Result<(u16, bool)> {
         self.stream.write_all(req)?;
-        let mut chunk = [0u8; 16 * 1024];
         loop {
             match parse_answer(&self.buf) {
                 Ok(Some((end, status, close))) => {
@@ -178,11 +180,11 @@ impl Conn {
                 Ok(None) => {}
                 Err(e) => return Err(std::io::Error::other(e)),
             }
-            let n = self.stream.read(&mut chunk)?;
+            let n = self.stream.read(&mut self.scratch)?;
             if n == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
-            self.buf.extend_from_slice(&chunk[..n]);
+            self.buf.extend_from_slice(&self.scratch[..n]);
         }
     }
 }
@@ -254,6 +256,7 @@ fn open_loop(o: &RateOpts) {
         }
     }
     let next = Arc::new(AtomicU64::new(0));
+    let per_conn = 2 * due_ns.len() / o.conns + 16;
     let cpu0 = cpu_secs();
     // A little ahead, so that every thread is parked in its first sleep before slot 0 is due.
     let start = Instant::now() + Duration::from_millis(20);
@@ -264,7 +267,10 @@ fn open_loop(o: &RateOpts) {
             let (due_ns, next, req, host) =
                 (due_ns.clone(), next.clone(), req.clone(), o.host.clone());
             std::thread::spawn(move || {
-                let mut t = Tally::default();
+                let mut t = Tally {
+                    lat_us: Vec::with_capacity(per_conn),
+                    ..Tally::default()
+                };
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                     let Some(&ns) = due_ns.get(i) else { break };
