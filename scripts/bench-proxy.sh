@@ -18,8 +18,13 @@
 #   PIN=1 scripts/bench-proxy.sh        # load clients on CPU $CLIENT_CPUS (0), servers on $SERVER_CPUS (1)
 #   OPEN_DURATION=10 OPEN_REPS=5 OPEN_CONNS=64 WARMUP=1 POISSON=1 scripts/bench-proxy.sh  # phase 2
 #
+#   PRIO=rt scripts/bench-proxy.sh      # every process SCHED_FIFO 10 (chrt; root), PRIO=nice: nice -19
+#
 # With PIN=1 every phase runs pinned (the peak that sets phase 2's rate too), the gateway then
 # sees one core (--workers default: one per core) and nginx gets one worker per server core.
+# PRIO shields the measured processes from other work on a shared machine (compilers preempting
+# them for milliseconds); it applies to every phase, clients and servers alike. The kernel's RT
+# throttling still leaves other processes 5% of each core.
 #
 # The last line, `summary: ...`, carries every figure as key=value for scripts that take medians.
 #
@@ -40,6 +45,7 @@ OPEN_CONNS=${OPEN_CONNS:-64}
 WARMUP=${WARMUP:-1}
 POISSON=${POISSON:-}
 PIN=${PIN:-}
+PRIO=${PRIO:-}
 CLIENT_CPUS=${CLIENT_CPUS:-0}
 SERVER_CPUS=${SERVER_CPUS:-1}
 log() { printf '[bench-proxy] %s\n' "$*" >&2; }
@@ -53,10 +59,17 @@ if [ -z "${NO_BUILD:-}" ]; then
   log "building (release)"
   (cd "$root" && cargo build --release -q --bin infergate && cargo build --release -q -p infergate-gateway --example echo_upstream --example bench_client)
 fi
-# cli: prefix for load clients; srv: prefix for servers (empty unless PIN=1).
-cli=(); srv=()
+# cli: prefix for load clients; srv: prefix for servers (empty unless PIN or PRIO is set).
+prio=()
+case $PRIO in
+  "") ;;
+  rt) prio=(chrt -f 10) ;;
+  nice) prio=(nice -n -19) ;;
+  *) log "PRIO must be rt or nice"; exit 1 ;;
+esac
+cli=("${prio[@]}"); srv=("${prio[@]}")
 if [ -n "$PIN" ]; then
-  cli=(taskset -c "$CLIENT_CPUS"); srv=(taskset -c "$SERVER_CPUS")
+  cli+=(taskset -c "$CLIENT_CPUS"); srv+=(taskset -c "$SERVER_CPUS")
 fi
 bin="$root/target/release"
 INFERGATE_BIN=${INFERGATE_BIN:-$bin/infergate}
@@ -226,6 +239,7 @@ if [ -n "$PIN" ]; then
 else
   echo "not pinned: clients and servers share all cores"
 fi
+echo "priority: ${prio[*]:-default (SCHED_OTHER, nice 0)}"
 echo "scheduling floor (idle thread, 100 us period, 3 s): p50 $(kv p50_us "$jit") us, p99 $(kv p99_us "$jit") us, max $(kv max_us "$jit") us, late >1 ms $(kv late_pct "$jit")%"
 echo
 echo "Closed loop (wrk -t$THREADS -c$CONNS -d${DURATION}s, 1 KiB JSON POST -> 1 KiB JSON):"
@@ -266,5 +280,5 @@ for t in direct "${gateways[@]}"; do
   summary+=" ${t}_sse_p99=${SP99[$t]} ${t}_sse_added=$(( ${SP99[$t]} - ${SP99[direct]} ))"
 done
 load1=${load_after#*load average: }; load1=${load1%%,*}
-summary+=" open_rps=$half open_valid=$open_valid pin=${PIN:-0} jitter_late_pct=$(kv late_pct "$jit") load1=$load1"
+summary+=" open_rps=$half open_valid=$open_valid pin=${PIN:-0} prio=${PRIO:-none} jitter_late_pct=$(kv late_pct "$jit") load1=$load1"
 echo "$summary"
