@@ -16,15 +16,17 @@
 #   BASELINE_BIN=/tmp/infergate-old scripts/bench-proxy.sh  # also measure another build ("baseline")
 #   INFERGATE_BIN=/tmp/infergate-abc123 NO_BUILD=1 scripts/bench-proxy.sh  # a copy of a known build
 #   PIN=1 scripts/bench-proxy.sh        # load clients on CPU $CLIENT_CPUS (0), servers on $SERVER_CPUS (1)
-#   OPEN_DURATION=10 OPEN_REPS=5 OPEN_CONNS=64 WARMUP=1 POISSON=1 scripts/bench-proxy.sh  # phase 2
+#   OPEN_DURATION=3 OPEN_REPS=7 OPEN_CONNS=64 WARMUP=1 POISSON=1 scripts/bench-proxy.sh  # phase 2
 #
-#   PRIO=rt scripts/bench-proxy.sh      # every process SCHED_FIFO 10 (chrt; root), PRIO=nice: nice -19
+#   PRIO=rt scripts/bench-proxy.sh      # every measured process SCHED_FIFO 10 (chrt; needs root)
 #
 # With PIN=1 every phase runs pinned (the peak that sets phase 2's rate too), the gateway then
 # sees one core (--workers default: one per core) and nginx gets one worker per server core.
-# PRIO shields the measured processes from other work on a shared machine (compilers preempting
+# PRIO=rt shields the measured processes from other work on a shared machine (compilers preempting
 # them for milliseconds); it applies to every phase, clients and servers alike. The kernel's RT
-# throttling still leaves other processes 5% of each core.
+# throttling still leaves other processes 5% of each core. (nice does not do this job: with
+# autogroup scheduling, nice only weighs processes within one session against each other.) Under
+# FIFO, threads of equal priority on one core do not time-slice: wrk's closed-loop p99 suffers.
 #
 # The last line, `summary: ...`, carries every figure as key=value for scripts that take medians.
 #
@@ -39,8 +41,8 @@ CHUNKS=${CHUNKS:-20}
 INTERVAL_MS=${INTERVAL_MS:-50}
 WORKERS=${WORKERS:-0}
 BASELINE_BIN=${BASELINE_BIN:-}
-OPEN_DURATION=${OPEN_DURATION:-$DURATION}
-OPEN_REPS=${OPEN_REPS:-5}
+OPEN_DURATION=${OPEN_DURATION:-3}
+OPEN_REPS=${OPEN_REPS:-7}
 OPEN_CONNS=${OPEN_CONNS:-64}
 WARMUP=${WARMUP:-1}
 POISSON=${POISSON:-}
@@ -64,8 +66,7 @@ prio=()
 case $PRIO in
   "") ;;
   rt) prio=(chrt -f 10) ;;
-  nice) prio=(nice -n -19) ;;
-  *) log "PRIO must be rt or nice"; exit 1 ;;
+  *) log "PRIO must be rt (or unset)"; exit 1 ;;
 esac
 cli=("${prio[@]}"); srv=("${prio[@]}")
 if [ -n "$PIN" ]; then
@@ -185,6 +186,19 @@ median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END { if (NR % 2) prin
 open_args=(--conns "$OPEN_CONNS" --warmup "$WARMUP")
 [ -n "$POISSON" ] && open_args+=(--poisson)
 # Per target and round: O[key,target,round] for the keys bench_client prints.
+# CPU accounting over phase 2, to state how busy the machine was with other work: machine-wide
+# busy and steal ticks from /proc/stat, minus what this run's processes used (servers, nginx
+# workers, and the clients this script has waited for: its cutime + cstime). USER_HZ = 100.
+machine_ticks() { awk '/^cpu /{ print $2+$3+$4+$7+$8, $9 }' /proc/stat; }
+our_ticks() {
+  local p
+  { for p in $(cat "$tmp/pids") "${pids[@]}" $(pgrep -P "${pids[0]}"); do
+      awk '{ sub(/^.*\) /, ""); print $12+$13 }' "/proc/$p/stat" 2>/dev/null
+    done
+    awk '{ sub(/^.*\) /, ""); print $14+$15 }' "/proc/$$/stat"
+  } | awk '{ s += $1 } END { print s+0 }'
+}
+read -r busy0 steal0 < <(machine_ticks); ours0=$(our_ticks); t0=$(date +%s%N)
 declare -A O
 open_valid=yes
 for round in $(seq 1 "$OPEN_REPS"); do
@@ -202,20 +216,37 @@ for round in $(seq 1 "$OPEN_REPS"); do
     fi
   done
 done
-# Medians over the rounds; p99 added is the median of the per-round differences to direct.
-declare -A RP50 RP99 RACH RADD RLATE RBACK RERR RCPU RP99S
+read -r busy1 steal1 < <(machine_ticks); ours1=$(our_ticks); t1=$(date +%s%N)
+cap=$(( ($(nproc) * (t1 - t0)) / 10000000 ))  # machine capacity in ticks over phase 2
+others_pct=$(awk -v b=$((busy1 - busy0)) -v o=$((ours1 - ours0)) -v c="$cap" 'BEGIN { v = 100*(b-o)/c; printf "%.0f", (v < 0 ? 0 : v) }')
+ours_pct=$(awk -v o=$((ours1 - ours0)) -v c="$cap" 'BEGIN { printf "%.0f", 100*o/c }')
+steal_pct=$(awk -v s=$((steal1 - steal0)) -v c="$cap" 'BEGIN { printf "%.1f", 100*s/c }')
+# A round is clean when the client was healthy for every target in it.
+clean_rounds=()
+for r in $(seq 1 "$OPEN_REPS"); do
+  ok=yes
+  for t in direct "${gateways[@]}" nginx; do [ "${O[valid,$t,$r]}" = yes ] || ok=no; done
+  [ $ok = yes ] && clean_rounds+=("$r")
+done
+# Medians over the rounds; "added" is the median of the per-round differences to direct.
+declare -A RP50 RP99 RACH RADD RADD50 RADD90 RCLEAN RLATE RBACK RERR RCPU RP99S
 for t in direct "${gateways[@]}" nginx; do
   for k in p50_us p90_us p99_us p999_us max_us achieved client_cpu_pct; do
     vals=(); for r in $(seq 1 "$OPEN_REPS"); do vals+=("${O[$k,$t,$r]}"); done
     O[$k,$t,med]=$(median "${vals[@]}")
   done
-  adds=(); lates=0; backs=0; errs=0; p99s=()
+  adds=(); adds50=(); adds90=(); lates=0; backs=0; errs=0; p99s=(); cadds=()
   for r in $(seq 1 "$OPEN_REPS"); do
     adds+=($(( ${O[p99_us,$t,$r]} - ${O[p99_us,direct,$r]} )))
+    adds50+=($(( ${O[p50_us,$t,$r]} - ${O[p50_us,direct,$r]} )))
+    adds90+=($(( ${O[p90_us,$t,$r]} - ${O[p90_us,direct,$r]} )))
     lates=$(( lates + ${O[late_client,$t,$r]} )); backs=$(( backs + ${O[late_backlog,$t,$r]} ))
     errs=$(( errs + ${O[errors,$t,$r]} )); p99s+=("${O[p99_us,$t,$r]}")
   done
   RP50[$t]=${O[p50_us,$t,med]}; RP99[$t]=${O[p99_us,$t,med]}; RACH[$t]=${O[achieved,$t,med]}
+  for r in "${clean_rounds[@]}"; do cadds+=($(( ${O[p99_us,$t,$r]} - ${O[p99_us,direct,$r]} ))); done
+  RCLEAN[$t]=-; [ ${#cadds[@]} -gt 0 ] && RCLEAN[$t]=$(median "${cadds[@]}")
+  RADD50[$t]=$(median "${adds50[@]}"); RADD90[$t]=$(median "${adds90[@]}")
   RADD[$t]=$(median "${adds[@]}"); RLATE[$t]=$lates; RBACK[$t]=$backs; RERR[$t]=$errs
   RCPU[$t]=${O[client_cpu_pct,$t,med]}; RP99S[$t]=$(IFS=,; echo "${p99s[*]}")
 done
@@ -249,15 +280,17 @@ for t in direct "${gateways[@]}" nginx; do
   printf '| %-9s | %9s | %8s | %8s | %7s |\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "${BAD[$t]}"
 done
 echo
-echo "Open loop at half of infergate's peak ($half req/s, $OPEN_CONNS connections, ${OPEN_DURATION}s + ${WARMUP}s warm-up, ${POISSON:+Poisson}${POISSON:-even} arrivals; latency from the scheduled time; median of $OPEN_REPS interleaved rounds; late: sends >1 ms after their time, summed):"
-printf '| %-9s | %8s | %7s | %7s | %7s | %7s | %7s | %9s | %-20s | %6s | %7s | %5s | %4s |\n' \
-  target achieved "p50 us" "p90 us" "p99 us" "p99.9us" "max us" "p99 added" "p99 per round" "late c" "late bl" "cpu %" err
-printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' ----------- ---------- --------- --------- --------- --------- --------- ----------- ---------------------- -------- --------- ------- ------
+echo "Open loop at half of infergate's peak ($half req/s, $OPEN_CONNS connections, ${OPEN_DURATION}s + ${WARMUP}s warm-up, $([ -n "$POISSON" ] && echo Poisson || echo even) arrivals; latency from the scheduled time; median of $OPEN_REPS interleaved rounds; late: sends >1 ms after their time, summed):"
+printf '| %-9s | %8s | %7s | %7s | %7s | %7s | %7s | %9s | %9s | %9s | %11s | %-34s | %6s | %7s | %5s | %4s |\n' \
+  target achieved "p50 us" "p90 us" "p99 us" "p99.9us" "max us" "p50 added" "p90 added" "p99 added" "p99 a.clean" "p99 per round" "late c" "late bl" "cpu %" err
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' ----------- ---------- --------- --------- --------- --------- --------- ----------- ----------- ----------- ------------- ------------------------------------ -------- --------- ------- ------
 for t in direct "${gateways[@]}" nginx; do
-  printf '| %-9s | %8s | %7s | %7s | %7s | %7s | %7s | %9s | %-20s | %6s | %7s | %5s | %4s |\n' "$t" "${RACH[$t]}" "${RP50[$t]}" \
-    "${O[p90_us,$t,med]}" "${RP99[$t]}" "${O[p999_us,$t,med]}" "${O[max_us,$t,med]}" "${RADD[$t]}" "${RP99S[$t]}" \
-    "${RLATE[$t]}" "${RBACK[$t]}" "${RCPU[$t]}" "${RERR[$t]}"
+  printf '| %-9s | %8s | %7s | %7s | %7s | %7s | %7s | %9s | %9s | %9s | %11s | %-34s | %6s | %7s | %5s | %4s |\n' "$t" "${RACH[$t]}" "${RP50[$t]}" \
+    "${O[p90_us,$t,med]}" "${RP99[$t]}" "${O[p999_us,$t,med]}" "${O[max_us,$t,med]}" "${RADD50[$t]}" "${RADD90[$t]}" "${RADD[$t]}" \
+    "${RCLEAN[$t]}" "${RP99S[$t]}" "${RLATE[$t]}" "${RBACK[$t]}" "${RCPU[$t]}" "${RERR[$t]}"
 done
+echo "clean rounds (client healthy for every target): ${#clean_rounds[@]} of $OPEN_REPS${clean_rounds[*]:+ (}$(IFS=,; echo "${clean_rounds[*]}")${clean_rounds[*]:+)}"
+echo "CPU during the open loop, share of the machine: this run's processes ${ours_pct}%, other processes ${others_pct}%, steal ${steal_pct}%"
 if [ "$open_valid" = yes ]; then
   echo "open loop: client healthy (in every round, late_client <= 0.5% of requests and no errors)"
 else
@@ -274,11 +307,13 @@ echo
 summary="summary:"
 for t in direct "${gateways[@]}" nginx; do
   summary+=" ${t}_rps=${RPS[$t]} ${t}_p50=${P50[$t]} ${t}_p99=${P99[$t]} ${t}_open_p99=${RP99[$t]} ${t}_open_added=${RADD[$t]}"
+  summary+=" ${t}_open_p50_added=${RADD50[$t]} ${t}_open_p90_added=${RADD90[$t]} ${t}_open_added_clean=${RCLEAN[$t]}"
   summary+=" ${t}_open_p50=${RP50[$t]} ${t}_open_achieved=${RACH[$t]} ${t}_open_late_client=${RLATE[$t]} ${t}_open_late_backlog=${RBACK[$t]}"
 done
 for t in direct "${gateways[@]}"; do
   summary+=" ${t}_sse_p99=${SP99[$t]} ${t}_sse_added=$(( ${SP99[$t]} - ${SP99[direct]} ))"
 done
 load1=${load_after#*load average: }; load1=${load1%%,*}
+summary+=" open_clean_rounds=${#clean_rounds[@]} open_rounds=$OPEN_REPS others_cpu_pct=$others_pct ours_cpu_pct=$ours_pct steal_pct=$steal_pct"
 summary+=" open_rps=$half open_valid=$open_valid pin=${PIN:-0} prio=${PRIO:-none} jitter_late_pct=$(kv late_pct "$jit") load1=$load1"
 echo "$summary"
