@@ -205,8 +205,11 @@ for round in $(seq 1 "$OPEN_REPS"); do
   for target in direct "${gateways[@]}" nginx; do
     case $target in direct) a=$up ;; infergate) a=$gw ;; baseline) a=$base ;; nginx) a=$ngx ;; esac
     log "open loop round $round/$OPEN_REPS, $target at $half req/s for ${OPEN_DURATION}s (+${WARMUP}s warm-up)"
+    read -r _ st0 < <(machine_ticks)
     line=$("${cli[@]}" "$ex/bench_client" rate "http://$a/v1/chat/completions" "$half" "$OPEN_DURATION" "${open_args[@]}")
-    log "  $line"
+    read -r _ st1 < <(machine_ticks)
+    O[steal,$target,$round]=$(( (st1 - st0) * 10 ))  # ms of CPU time stolen by the hypervisor, both cores
+    log "  $line steal_ms=${O[steal,$target,$round]}"
     for k in achieved errors p50_us p90_us p99_us p999_us max_us late_client late_backlog client_cpu_pct valid; do
       O[$k,$target,$round]=$(kv "$k" "$line")
     done
@@ -229,26 +232,26 @@ for r in $(seq 1 "$OPEN_REPS"); do
   [ $ok = yes ] && clean_rounds+=("$r")
 done
 # Medians over the rounds; "added" is the median of the per-round differences to direct.
-declare -A RP50 RP99 RACH RADD RADD50 RADD90 RCLEAN RLATE RBACK RERR RCPU RP99S
+declare -A RP50 RP99 RACH RADD RADD50 RADD90 RCLEAN RLATE RBACK RERR RCPU RP99S RSTEAL
 for t in direct "${gateways[@]}" nginx; do
   for k in p50_us p90_us p99_us p999_us max_us achieved client_cpu_pct; do
     vals=(); for r in $(seq 1 "$OPEN_REPS"); do vals+=("${O[$k,$t,$r]}"); done
     O[$k,$t,med]=$(median "${vals[@]}")
   done
-  adds=(); adds50=(); adds90=(); lates=0; backs=0; errs=0; p99s=(); cadds=()
+  adds=(); adds50=(); adds90=(); lates=0; backs=0; errs=0; p99s=(); cadds=(); steals=()
   for r in $(seq 1 "$OPEN_REPS"); do
     adds+=($(( ${O[p99_us,$t,$r]} - ${O[p99_us,direct,$r]} )))
     adds50+=($(( ${O[p50_us,$t,$r]} - ${O[p50_us,direct,$r]} )))
     adds90+=($(( ${O[p90_us,$t,$r]} - ${O[p90_us,direct,$r]} )))
     lates=$(( lates + ${O[late_client,$t,$r]} )); backs=$(( backs + ${O[late_backlog,$t,$r]} ))
-    errs=$(( errs + ${O[errors,$t,$r]} )); p99s+=("${O[p99_us,$t,$r]}")
+    errs=$(( errs + ${O[errors,$t,$r]} )); p99s+=("${O[p99_us,$t,$r]}"); steals+=("${O[steal,$t,$r]}")
   done
   RP50[$t]=${O[p50_us,$t,med]}; RP99[$t]=${O[p99_us,$t,med]}; RACH[$t]=${O[achieved,$t,med]}
   for r in "${clean_rounds[@]}"; do cadds+=($(( ${O[p99_us,$t,$r]} - ${O[p99_us,direct,$r]} ))); done
   RCLEAN[$t]=-; [ ${#cadds[@]} -gt 0 ] && RCLEAN[$t]=$(median "${cadds[@]}")
   RADD50[$t]=$(median "${adds50[@]}"); RADD90[$t]=$(median "${adds90[@]}")
   RADD[$t]=$(median "${adds[@]}"); RLATE[$t]=$lates; RBACK[$t]=$backs; RERR[$t]=$errs
-  RCPU[$t]=${O[client_cpu_pct,$t,med]}; RP99S[$t]=$(IFS=,; echo "${p99s[*]}")
+  RCPU[$t]=${O[client_cpu_pct,$t,med]}; RP99S[$t]=$(IFS=,; echo "${p99s[*]}"); RSTEAL[$t]=$(IFS=,; echo "${steals[*]}")
 done
 
 declare -A SP50 SP99 SDONE
@@ -289,6 +292,8 @@ for t in direct "${gateways[@]}" nginx; do
     "${O[p90_us,$t,med]}" "${RP99[$t]}" "${O[p999_us,$t,med]}" "${O[max_us,$t,med]}" "${RADD50[$t]}" "${RADD90[$t]}" "${RADD[$t]}" \
     "${RCLEAN[$t]}" "${RP99S[$t]}" "${RLATE[$t]}" "${RBACK[$t]}" "${RCPU[$t]}" "${RERR[$t]}"
 done
+echo "CPU time stolen by the hypervisor during each round (ms, both cores; /proc/stat, 10 ms ticks):"
+for t in direct "${gateways[@]}" nginx; do printf '  %-9s %s\n' "$t" "${RSTEAL[$t]}"; done
 echo "clean rounds (client healthy for every target): ${#clean_rounds[@]} of $OPEN_REPS${clean_rounds[*]:+ (}$(IFS=,; echo "${clean_rounds[*]}")${clean_rounds[*]:+)}"
 echo "CPU during the open loop, share of the machine: this run's processes ${ours_pct}%, other processes ${others_pct}%, steal ${steal_pct}%"
 if [ "$open_valid" = yes ]; then
