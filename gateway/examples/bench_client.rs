@@ -37,7 +37,7 @@ fn body_1k() -> Bytes {
     ))
 }
 
-/// Nearest-rank percentile of a sorted slice.
+/// Percentile of a sorted slice: the value at index `round((n - 1) * p)`.
 fn pct(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -545,5 +545,52 @@ fn main() {
             eprintln!("{usage}");
             std::process::exit(2);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! `cargo test -p infergate-gateway --example bench_client`
+    use super::*;
+
+    #[test]
+    fn content_length_answer_ends_after_its_body() {
+        let a = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1";
+        assert_eq!(parse_answer(a), Ok(Some((43, 200, false))));
+        assert_eq!(parse_answer(&a[..41]), Ok(None));
+    }
+
+    #[test]
+    fn chunked_answer_ends_after_the_last_chunk_even_when_split() {
+        let a = b"HTTP/1.1 503 Service Unavailable\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n3\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n";
+        assert_eq!(parse_answer(a), Ok(Some((a.len(), 503, true))));
+        for cut in 0..a.len() {
+            assert_eq!(parse_answer(&a[..cut]), Ok(None), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn chunked_answer_with_trailers_ends_at_the_blank_line() {
+        let a =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\nx-t: 1\r\n\r\n";
+        assert_eq!(parse_answer(a), Ok(Some((a.len(), 200, false))));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_hang() {
+        assert!(parse_answer(b"nonsense\r\n\r\n").is_err());
+        assert!(parse_answer(b"HTTP/1.1 200 OK\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn schedules_have_the_asked_count_and_rate() {
+        let even = schedule(1000.0, 2.0, false);
+        assert_eq!(even.len(), 2000);
+        assert_eq!(even[1] - even[0], 1_000_000);
+        let poisson = schedule(1000.0, 2.0, true);
+        assert_eq!(poisson.len(), 2000);
+        assert!(poisson.windows(2).all(|w| w[0] <= w[1]));
+        let span = *poisson.last().unwrap_or(&0) as f64 / 1e9;
+        assert!((1.8..2.2).contains(&span), "span {span}");
     }
 }
