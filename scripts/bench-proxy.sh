@@ -9,16 +9,16 @@
 # method, latency from each request's scheduled time; OPEN_REPS interleaved rounds of direct,
 # infergate, nginx, medians reported); 3. concurrent SSE streams.
 #
-#   scripts/bench-proxy.sh            # wrk at 2 threads / 64 connections, 5 s per phase
+#   scripts/bench-proxy.sh            # wrk at 2 threads / 64 connections 5 s; open loop 7 rounds of 3 s
+#   NO_BUILD=1 PIN=1 PRIO=rt scripts/bench-proxy.sh   # the setting of docs/BENCHMARKS.md's 19:04 runs
 #   DURATION=10 CONNS=128 STREAMS=1000 scripts/bench-proxy.sh
 #   NO_BUILD=1 scripts/bench-proxy.sh   # use the release binaries already in target/
 #   WORKERS=1 scripts/bench-proxy.sh    # the gateway's --workers (default: one per core)
 #   BASELINE_BIN=/tmp/infergate-old scripts/bench-proxy.sh  # also measure another build ("baseline")
 #   INFERGATE_BIN=/tmp/infergate-abc123 NO_BUILD=1 scripts/bench-proxy.sh  # a copy of a known build
 #   PIN=1 scripts/bench-proxy.sh        # load clients on CPU $CLIENT_CPUS (0), servers on $SERVER_CPUS (1)
-#   OPEN_DURATION=3 OPEN_REPS=7 OPEN_CONNS=64 WARMUP=1 POISSON=1 scripts/bench-proxy.sh  # phase 2
-#
 #   PRIO=rt scripts/bench-proxy.sh      # every measured process SCHED_FIFO 10 (chrt; needs root)
+#   OPEN_DURATION=3 OPEN_REPS=7 OPEN_CONNS=64 WARMUP=1 POISSON=1 scripts/bench-proxy.sh  # phase 2
 #
 # With PIN=1 every phase runs pinned (the peak that sets phase 2's rate too), the gateway then
 # sees one core (--workers default: one per core) and nginx gets one worker per server core.
@@ -185,7 +185,6 @@ half=$(( ${RPS[infergate]} / 2 ))
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END { if (NR % 2) print a[(NR+1)/2]; else printf "%.0f\n", (a[NR/2]+a[NR/2+1])/2 }'; }
 open_args=(--conns "$OPEN_CONNS" --warmup "$WARMUP")
 [ -n "$POISSON" ] && open_args+=(--poisson)
-# Per target and round: O[key,target,round] for the keys bench_client prints.
 # CPU accounting over phase 2, to state how busy the machine was with other work: machine-wide
 # busy and steal ticks from /proc/stat, minus what this run's processes used (servers, nginx
 # workers, and the clients this script has waited for: its cutime + cstime). USER_HZ = 100.
@@ -199,6 +198,7 @@ our_ticks() {
   } | awk '{ s += $1 } END { print s+0 }'
 }
 read -r busy0 steal0 < <(machine_ticks); ours0=$(our_ticks); t0=$(date +%s%N)
+# Per target and round: O[key,target,round] for the keys bench_client prints.
 declare -A O
 open_valid=yes
 for round in $(seq 1 "$OPEN_REPS"); do
