@@ -9,7 +9,8 @@
 //! - [`flow`]: where a request waits when every endpoint is saturated, and who is shed first.
 //! - [`proxy`]: the HTTP data path that ties them together.
 //! - [`telemetry`]: the gateway's own Prometheus metrics.
-#![forbid(unsafe_code)]
+// One audited exception: the prefetch hint of the prefix index (`picker/prefix/table.rs`).
+#![deny(unsafe_code)]
 
 pub mod admin;
 pub mod discovery;
