@@ -197,12 +197,23 @@ pub fn pick_excluding(
     };
     let sat = snapshot.saturation;
     let saturated = |i: usize| is_saturated(&eps[i], sat);
+    let scored = matches!(
+        snapshot.policy,
+        PickerPolicy::QueueKv | PickerPolicy::Infergate
+    );
     let (mut candidates, mut unsaturated, mut last) = (0usize, 0usize, 0usize);
-    for i in 0..eps.len() {
+    // The scored policies' sums ride along this pass rather than needing one of their own.
+    let mut totals = score::Totals::default();
+    for (i, v) in eps.iter().enumerate() {
         if is_candidate(i) {
             candidates += 1;
             last = i;
-            unsaturated += usize::from(!saturated(i));
+            if !saturated(i) {
+                unsaturated += 1;
+                if scored {
+                    totals.add(v);
+                }
+            }
         }
     }
     if candidates == 0 {
@@ -246,7 +257,7 @@ pub fn pick_excluding(
         PickerPolicy::QueueKv | PickerPolicy::Infergate => {
             // Saturated endpoints are filtered out as long as another can take the request.
             let eligible = |i: usize| is_candidate(i) && !saturated(i);
-            score::pick_scored(snapshot, facts, eligible)
+            score::pick_scored(snapshot, facts, &totals, eligible)
         }
     }
 }
@@ -265,8 +276,7 @@ fn is_saturated(v: &EndpointView<'_>, sat: Saturation) -> bool {
 /// `score` returns `None` for endpoints that may not be picked; at least one must return `Some`.
 fn rotated_best(len: usize, start: usize, mut score: impl FnMut(usize) -> Option<f64>) -> usize {
     let mut best: Option<(usize, f64)> = None;
-    for k in 0..len {
-        let i = (start + k) % len;
+    for i in rotated(len, start) {
         if let Some(s) = score(i)
             && best.is_none_or(|(_, b)| s > b)
         {
@@ -274,6 +284,14 @@ fn rotated_best(len: usize, start: usize, mut score: impl FnMut(usize) -> Option
         }
     }
     best.map(|(i, _)| i).unwrap_or(0)
+}
+
+/// The indexes `0..len` starting at `start % len` and wrapping around: the scan order that makes
+/// ties rotate. One division per pick, not one per endpoint (an integer division costs as much
+/// as the rest of an endpoint's score).
+fn rotated(len: usize, start: usize) -> impl Iterator<Item = usize> {
+    let start = if len == 0 { 0 } else { start % len };
+    (start..len).chain(0..start)
 }
 
 #[cfg(test)]

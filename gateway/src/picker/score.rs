@@ -33,21 +33,11 @@ struct Stats {
     /// Reciprocals, computed once per pick rather than divided by per endpoint.
     inv_q_ref: f64,
     inv_mean_inflight: f64,
-    /// 1 / the request's block count (0 without blocks).
+    /// The request's block count, and 1 / it (0 without blocks).
+    blocks: f64,
     inv_blocks: f64,
-}
-
-/// One endpoint's scores before weighting.
-#[derive(Clone, Copy, Debug)]
-struct Parts {
-    queue: f64,
-    kv: f64,
-    inflight: f64,
-    /// Prefix affinity after the imbalance guard.
-    prefix: f64,
-    /// Prefix affinity before it.
-    prefix_raw: f64,
-    lora: f64,
+    /// The `infergate` policy (prefix, LoRA, in-flight); else `queue-kv`.
+    infergate: bool,
 }
 
 fn queue_estimate(v: &EndpointView<'_>, st: &Stats) -> f64 {
@@ -99,113 +89,140 @@ fn lora_score(v: &EndpointView<'_>, lora: Option<&str>) -> f64 {
     }
 }
 
-fn parts(
-    snap: &PoolSnapshot<'_>,
-    facts: &RequestFacts,
-    st: &Stats,
-    i: usize,
-    infergate: bool,
-) -> Parts {
+/// One endpoint's weighted score, and its prefix and LoRA affinities (what explains a pick).
+#[derive(Clone, Copy, Debug)]
+struct Scored {
+    score: f64,
+    /// Prefix affinity after the imbalance guard.
+    prefix: f64,
+    /// Prefix affinity before it.
+    prefix_raw: f64,
+    lora: f64,
+}
+
+/// The hot loop of every pick, once per eligible endpoint: kept to plain arithmetic. The queue and
+/// in-flight terms are both of the form `w / (1 + x)`; they are summed over one common
+/// denominator, so an endpoint costs one division instead of two.
+fn score(snap: &PoolSnapshot<'_>, facts: &RequestFacts, st: &Stats, i: usize) -> Scored {
     let v = &snap.endpoints[i];
-    let queue = 1.0 / (1.0 + queue_estimate(v, st) * st.inv_q_ref);
+    let w = snap.weights;
     let kv_use = kv_estimate(v, st.kv_per_request)
         .or(st.mean_known_kv)
         .unwrap_or(0.0);
     let kv = 1.0 - kv_use.clamp(0.0, 1.0);
-    if !infergate {
-        return Parts {
-            queue,
-            kv,
-            inflight: 0.0,
+    // queue = 1 / dq, in-flight = 1 / di: w.queue / dq + w.inflight / di, over dq * di.
+    let dq = 1.0 + queue_estimate(v, st) * st.inv_q_ref;
+    if !st.infergate {
+        return Scored {
+            score: w.queue / dq + w.kv * kv,
             prefix: 0.0,
             prefix_raw: 0.0,
             lora: 0.0,
         };
     }
-    let inflight = 1.0 / (1.0 + f64::from(v.inflight) * st.inv_mean_inflight);
-    let blocks = facts.prefix.len() as f64;
-    let prefix_raw = f64::from(v.prefix_blocks).min(blocks) * st.inv_blocks;
-    let load = load_estimate(v);
-    let bal = snap.balance;
-    let overloaded = load - st.min_load > bal.abs && load > bal.rel * st.min_load;
-    let prefix = if overloaded { 0.0 } else { prefix_raw };
-    Parts {
-        queue,
-        kv,
-        inflight,
-        prefix,
-        prefix_raw,
-        lora: lora_score(v, facts.lora.as_deref()),
-    }
-}
-
-fn weighted(snap: &PoolSnapshot<'_>, p: &Parts) -> f64 {
-    let w = snap.weights;
-    w.queue * p.queue
-        + w.kv * p.kv
-        + w.inflight * p.inflight
-        + w.prefix * p.prefix
-        + w.lora * p.lora
-}
-
-pub(super) fn pick_scored(
-    snap: &PoolSnapshot<'_>,
-    facts: &RequestFacts,
-    eligible: impl Fn(usize) -> bool,
-) -> Pick {
-    let eps = snap.endpoints;
-    let infergate = snap.policy == PickerPolicy::Infergate;
-
-    let (mut n, mut known, mut kv_n) = (0usize, 0usize, 0usize);
-    let (mut sum_q, mut sum_kv, mut sum_inf_known, mut sum_inf) = (0.0, 0.0, 0.0, 0.0);
-    let mut min_load = f64::INFINITY;
-    let (mut sum_kv_running, mut sum_running, mut sum_kv_picks) = (0.0, 0.0, 0.0);
-    for (i, v) in eps.iter().enumerate() {
-        if !eligible(i) {
-            continue;
-        }
-        n += 1;
-        sum_inf += f64::from(v.inflight);
-        min_load = min_load.min(load_estimate(v));
-        if let Some(w) = v.waiting {
-            known += 1;
-            sum_q += w.max(0.0) + f64::from(v.picks_since_scrape);
-            sum_inf_known += f64::from(v.inflight);
-        }
-        if let Some(kv) = v.kv_usage {
-            let kv = kv.clamp(0.0, 1.0);
-            kv_n += 1;
-            sum_kv += kv;
-            sum_kv_picks += f64::from(v.picks_since_scrape);
-            if let Some(r) = v.running {
-                sum_kv_running += kv;
-                sum_running += r.max(0.0);
-            }
-        }
-    }
-    let kv_per_request = if sum_running >= 1.0 {
-        sum_kv_running / sum_running
+    let di = 1.0 + f64::from(v.inflight) * st.inv_mean_inflight;
+    let prefix_raw = f64::from(v.prefix_blocks).min(st.blocks) * st.inv_blocks;
+    // The imbalance guard, only where there is an affinity to guard.
+    let prefix = if prefix_raw > 0.0 {
+        let load = load_estimate(v);
+        let bal = snap.balance;
+        let overloaded = load - st.min_load > bal.abs && load > bal.rel * st.min_load;
+        if overloaded { 0.0 } else { prefix_raw }
     } else {
         0.0
     };
-    // Mean of the corrected KV estimates: linear in the picks (the cap at 1 is ignored here).
-    sum_kv += kv_per_request * sum_kv_picks;
-    let mean = |sum: f64, k: usize| if k == 0 { 0.0 } else { sum / k as f64 };
-    let st = Stats {
-        known,
-        mean_known_q: mean(sum_q, known),
-        mean_known_inflight: mean(sum_inf_known, known),
-        mean_known_kv: (kv_n > 0).then(|| (sum_kv / kv_n as f64).min(1.0)),
-        min_load: if min_load.is_finite() { min_load } else { 0.0 },
-        kv_per_request,
-        inv_q_ref: 1.0 / snap.saturation.queue.max(1.0),
-        inv_mean_inflight: 1.0 / mean(sum_inf, n).max(1.0),
-        inv_blocks: if facts.prefix.is_empty() {
-            0.0
+    let lora = lora_score(v, facts.lora.as_deref());
+    Scored {
+        score: (w.queue * di + w.inflight * dq) / (dq * di)
+            + w.kv * kv
+            + w.prefix * prefix
+            + w.lora * lora,
+        prefix,
+        prefix_raw,
+        lora,
+    }
+}
+
+/// Sums over the eligible endpoints, gathered in the picker's first pass over them (the one that
+/// counts candidates), so that scoring needs only one more.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Totals {
+    n: usize,
+    known: usize,
+    kv_n: usize,
+    sum_q: f64,
+    sum_kv: f64,
+    sum_inf_known: f64,
+    sum_inf: f64,
+    min_load: Option<f64>,
+    sum_kv_running: f64,
+    sum_running: f64,
+    sum_kv_picks: f64,
+}
+
+impl Totals {
+    /// Counts one eligible endpoint.
+    pub(super) fn add(&mut self, v: &EndpointView<'_>) {
+        self.n += 1;
+        self.sum_inf += f64::from(v.inflight);
+        let load = load_estimate(v);
+        self.min_load = Some(self.min_load.map_or(load, |m| m.min(load)));
+        if let Some(w) = v.waiting {
+            self.known += 1;
+            self.sum_q += w.max(0.0) + f64::from(v.picks_since_scrape);
+            self.sum_inf_known += f64::from(v.inflight);
+        }
+        if let Some(kv) = v.kv_usage {
+            let kv = kv.clamp(0.0, 1.0);
+            self.kv_n += 1;
+            self.sum_kv += kv;
+            self.sum_kv_picks += f64::from(v.picks_since_scrape);
+            if let Some(r) = v.running {
+                self.sum_kv_running += kv;
+                self.sum_running += r.max(0.0);
+            }
+        }
+    }
+
+    fn stats(&self, snap: &PoolSnapshot<'_>, facts: &RequestFacts) -> Stats {
+        let kv_per_request = if self.sum_running >= 1.0 {
+            self.sum_kv_running / self.sum_running
         } else {
-            1.0 / facts.prefix.len() as f64
-        },
-    };
+            0.0
+        };
+        // Mean of the corrected KV estimates: linear in the picks (the cap at 1 is ignored here).
+        let sum_kv = self.sum_kv + kv_per_request * self.sum_kv_picks;
+        let mean = |sum: f64, k: usize| if k == 0 { 0.0 } else { sum / k as f64 };
+        Stats {
+            known: self.known,
+            mean_known_q: mean(self.sum_q, self.known),
+            mean_known_inflight: mean(self.sum_inf_known, self.known),
+            mean_known_kv: (self.kv_n > 0).then(|| (sum_kv / self.kv_n as f64).min(1.0)),
+            min_load: self.min_load.unwrap_or(0.0),
+            kv_per_request,
+            inv_q_ref: 1.0 / snap.saturation.queue.max(1.0),
+            inv_mean_inflight: 1.0 / mean(self.sum_inf, self.n).max(1.0),
+            blocks: facts.prefix.len() as f64,
+            inv_blocks: if facts.prefix.is_empty() {
+                0.0
+            } else {
+                1.0 / facts.prefix.len() as f64
+            },
+            infergate: snap.policy == PickerPolicy::Infergate,
+        }
+    }
+}
+
+/// The best eligible endpoint by weighted score, given the [`Totals`] over the eligible ones.
+pub(super) fn pick_scored(
+    snap: &PoolSnapshot<'_>,
+    facts: &RequestFacts,
+    totals: &Totals,
+    eligible: impl Fn(usize) -> bool,
+) -> Pick {
+    let eps = snap.endpoints;
+    let st = totals.stats(snap, facts);
+    let (infergate, known) = (st.infergate, st.known);
 
     // One pass: the best score, and the spread of the affinity scores (an affinity only explains
     // a pick when it differed between candidates).
@@ -213,13 +230,12 @@ pub(super) fn pick_scored(
         (0.0f64, 1.0f64, 0.0f64, 1.0f64);
     // The strongest affinity the imbalance guard removed.
     let mut max_suppressed = 0.0f64;
-    let mut best: Option<(usize, f64, Parts)> = None;
-    for k in 0..eps.len() {
-        let i = (snap.rr_cursor + k) % eps.len();
+    let mut best: Option<(usize, Scored)> = None;
+    for i in super::rotated(eps.len(), snap.rr_cursor) {
         if !eligible(i) {
             continue;
         }
-        let p = parts(snap, facts, &st, i, infergate);
+        let p = score(snap, facts, &st, i);
         max_prefix = max_prefix.max(p.prefix);
         min_prefix = min_prefix.min(p.prefix);
         max_lora = max_lora.max(p.lora);
@@ -227,12 +243,11 @@ pub(super) fn pick_scored(
         if p.prefix < p.prefix_raw {
             max_suppressed = max_suppressed.max(p.prefix_raw);
         }
-        let s = weighted(snap, &p);
-        if best.is_none_or(|(_, b, _)| s > b) {
-            best = Some((i, s, p));
+        if best.is_none_or(|(_, b)| p.score > b.score) {
+            best = Some((i, p));
         }
     }
-    let Some((index, _, won)) = best else {
+    let Some((index, won)) = best else {
         // The caller checked that an eligible endpoint exists; stay total anyway.
         return Pick::Hold {
             reason: super::HoldReason::NoReadyEndpoint,
