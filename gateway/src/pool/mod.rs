@@ -245,46 +245,59 @@ impl Pool {
             .filter_map(|id| members.iter().position(|e| e.id() == *id))
             .collect();
 
-        // The index is locked twice, briefly, rather than across the whole pick: building the
-        // views and scoring them need no index, and two threads picking for the same pool
-        // should not queue behind each other for that long. A record of another pick landing in
-        // between is as if that pick had come just before this one.
-        let mut matches: Vec<PrefixMatch> = Vec::new();
-        if !facts.prefix.is_empty() {
-            self.prefix.lock().lookup(&facts.prefix, &mut matches);
+        // The prefix index is locked three times, briefly, rather than across the whole pick:
+        // building the views and scoring them need no index, and two threads picking for the
+        // same pool should not queue behind each other for that long. A record of another pick
+        // landing in between is as if that pick had come just before this one.
+        //
+        // The prefetch goes first and the lookup after the views: in an index of megabytes each
+        // of a long prompt's blocks is a cache miss, and building the views is work for those
+        // misses to hide behind.
+        let has_prefix = !facts.prefix.is_empty();
+        if has_prefix {
+            self.prefix.lock().prefetch(&facts.prefix);
         }
         let now_ticks = endpoint::ticks(now);
+        let pick_with_prefix = |views: &mut [EndpointView<'_>]| {
+            if has_prefix {
+                let mut matches: Vec<PrefixMatch> = Vec::new();
+                self.prefix.lock().lookup(&facts.prefix, &mut matches);
+                // At most ENDPOINTS_PER_BLOCK matches: a scan of the members for each.
+                for m in &matches {
+                    if let Some(i) = members.iter().position(|e| e.id() == m.endpoint) {
+                        views[i].prefix_blocks = m.blocks;
+                    }
+                }
+            }
+            self.pick_among(views, facts, &exclude)
+        };
         let pick = if facts.lora.is_some() {
             // Adapter lists are borrowed by the views, so their owners must outlive them; only
             // requests that name an adapter pay for holding them.
             let loads: Vec<Option<Arc<ScrapedLoad>>> = members.iter().map(|e| e.load()).collect();
-            let views: Vec<EndpointView<'_>> = members
+            let mut views: Vec<EndpointView<'_>> = members
                 .iter()
                 .zip(&loads)
-                .map(|(e, l)| self.view(e, now, now_ticks, &matches, l.as_deref()))
+                .map(|(e, l)| self.view(e, now, now_ticks, l.as_deref()))
                 .collect();
-            self.pick_among(&views, facts, &exclude)
+            pick_with_prefix(&mut views)
         } else {
             // Without adapters the views borrow nothing: build them in this thread's reused
             // buffer rather than allocating some 8 KB per pick.
             VIEWS.with(|cell| match cell.try_borrow_mut() {
                 Ok(mut views) => {
                     views.clear();
-                    views.extend(
-                        members
-                            .iter()
-                            .map(|e| self.view(e, now, now_ticks, &matches, None)),
-                    );
-                    let pick = self.pick_among(&views, facts, &exclude);
+                    views.extend(members.iter().map(|e| self.view(e, now, now_ticks, None)));
+                    let pick = pick_with_prefix(&mut views);
                     views.clear();
                     pick
                 }
                 Err(_) => {
-                    let views: Vec<EndpointView<'static>> = members
+                    let mut views: Vec<EndpointView<'static>> = members
                         .iter()
-                        .map(|e| self.view(e, now, now_ticks, &matches, None))
+                        .map(|e| self.view(e, now, now_ticks, None))
                         .collect();
-                    self.pick_among(&views, facts, &exclude)
+                    pick_with_prefix(&mut views)
                 }
             })
         };
@@ -313,7 +326,6 @@ impl Pool {
         e: &Endpoint,
         now: Instant,
         now_ticks: u64,
-        matches: &[PrefixMatch],
         load: Option<&'a ScrapedLoad>,
     ) -> EndpointView<'a> {
         let (scalars, t) = e.scalars_ticks();
@@ -321,11 +333,6 @@ impl Pool {
         let h = self.health_at(e, age, now);
         let fresh = !h.stale;
         let lora = load.filter(|_| fresh).map(|l| &l.lora);
-        // At most ENDPOINTS_PER_BLOCK matches: a scan per endpoint beats a position per match.
-        let prefix_blocks = matches
-            .iter()
-            .find(|m| m.endpoint == e.id())
-            .map_or(0, |m| m.blocks);
         EndpointView {
             ready: e.discovered_ready() && !e.is_removed() && !h.scrape_unready,
             ejected: h.ejected,
@@ -338,7 +345,8 @@ impl Pool {
             loras: lora.map_or(&[], |l| &l.running),
             waiting_loras: lora.map_or(&[], |l| &l.waiting),
             max_lora: lora.and_then(|l| l.max_lora),
-            prefix_blocks,
+            // Filled in by the pick from the prefix index.
+            prefix_blocks: 0,
         }
     }
 
