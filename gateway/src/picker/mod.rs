@@ -211,7 +211,7 @@ pub fn pick_excluding(
             if !saturated(i) {
                 unsaturated += 1;
                 if scored {
-                    totals.add(v);
+                    totals.add(v, snapshot.policy == PickerPolicy::Infergate);
                 }
             }
         }

@@ -1,9 +1,10 @@
 //! The scored policies, `queue-kv` and `infergate`.
 //!
 //! Every score is in 0..=1, higher is better, and the weights say how much each counts:
-//! - queue: `1 / (1 + q / saturation_queue)`, with `q` = scraped waiting + picks since the scrape.
-//!   Absolute rather than normalised over the candidates, so that 0 vs 1 waiting is a small
-//!   difference and 0 vs 20 a large one.
+//! - queue: `1 / (1 + q / saturation_queue)`, with `q` = scraped waiting + picks since the scrape
+//!   (`infergate`: at least this gateway's in-flight requests there minus the scraped running
+//!   ones, see [`known_queue`]). Absolute rather than normalised over the candidates, so that 0 vs
+//!   1 waiting is a small difference and 0 vs 20 a large one.
 //! - kv: `1 - kv_usage`, where the requests sent since the scrape are each assumed to take the
 //!   KV of an average running request.
 //! - in-flight (`infergate` only): `1 / (1 + inflight / mean inflight)`, scale-free.
@@ -40,9 +41,24 @@ struct Stats {
     infergate: bool,
 }
 
+/// The queue of an endpoint with a fresh scrape: the engine's waiting requests plus those sent
+/// since the scrape. Under `infergate`, never less than the requests this gateway has outstanding
+/// there beyond what the engine says it is running: those wait where the engine's metrics cannot
+/// see them (a slow host or sidecar in front of the engine, a stalled path), and a pod slowed that
+/// way looks *less* loaded to its own metrics, since its engine is admitting less. For a healthy
+/// pod the two agree (what this gateway has outstanding is running, waiting, or on its way).
+fn known_queue(v: &EndpointView<'_>, waiting: f64, infergate: bool) -> f64 {
+    let reported = waiting.max(0.0) + f64::from(v.picks_since_scrape);
+    if !infergate {
+        return reported;
+    }
+    let unseen = f64::from(v.inflight) - v.running.unwrap_or(0.0).max(0.0);
+    reported.max(unseen)
+}
+
 fn queue_estimate(v: &EndpointView<'_>, st: &Stats) -> f64 {
     match v.waiting {
-        Some(w) => w.max(0.0) + f64::from(v.picks_since_scrape),
+        Some(w) => known_queue(v, w, st.infergate),
         None if st.known > 0 => {
             (st.mean_known_q + f64::from(v.inflight) - st.mean_known_inflight).max(0.0)
         }
@@ -161,15 +177,15 @@ pub(super) struct Totals {
 }
 
 impl Totals {
-    /// Counts one eligible endpoint.
-    pub(super) fn add(&mut self, v: &EndpointView<'_>) {
+    /// Counts one eligible endpoint (`infergate`: the policy is `infergate`, not `queue-kv`).
+    pub(super) fn add(&mut self, v: &EndpointView<'_>, infergate: bool) {
         self.n += 1;
         self.sum_inf += f64::from(v.inflight);
         let load = load_estimate(v);
         self.min_load = Some(self.min_load.map_or(load, |m| m.min(load)));
         if let Some(w) = v.waiting {
             self.known += 1;
-            self.sum_q += w.max(0.0) + f64::from(v.picks_since_scrape);
+            self.sum_q += known_queue(v, w, infergate);
             self.sum_inf_known += f64::from(v.inflight);
         }
         if let Some(kv) = v.kv_usage {

@@ -225,3 +225,48 @@ fn reasons_have_distinct_labels() {
     labels.dedup();
     assert_eq!(labels.len(), n);
 }
+
+#[test]
+fn requests_stuck_before_the_engine_count_as_queue() {
+    // A pod slowed in front of its engine: its engine admits less, so its scraped queue, running
+    // count and KV use look lighter than a healthy pod's, while this gateway's requests pile up
+    // there (12 in flight, 2 running). The healthy pod (9 in flight: 8 running, 1 waiting) must
+    // win under `infergate`; `queue-kv` sees only the engine and keeps the stale pod.
+    let w = PickerWeights::default();
+    let slow = EndpointView {
+        running: Some(2.0),
+        inflight: 12,
+        ..view(0.0, 0.1)
+    };
+    let healthy = EndpointView {
+        running: Some(8.0),
+        inflight: 9,
+        ..view(1.0, 0.5)
+    };
+    let eps = [slow, healthy];
+    assert_eq!(
+        index(pick(&snap(&eps, PickerPolicy::Infergate, &w), &facts(0))),
+        1
+    );
+    assert_eq!(
+        index(pick(&snap(&eps, PickerPolicy::QueueKv, &w), &facts(0))),
+        0
+    );
+    // A healthy pool is unchanged: in flight = running + waiting adds nothing.
+    let even = [
+        EndpointView {
+            running: Some(4.0),
+            inflight: 5,
+            ..view(1.0, 0.3)
+        },
+        EndpointView {
+            running: Some(4.0),
+            inflight: 7,
+            ..view(3.0, 0.3)
+        },
+    ];
+    assert_eq!(
+        index(pick(&snap(&even, PickerPolicy::Infergate, &w), &facts(0))),
+        0
+    );
+}
