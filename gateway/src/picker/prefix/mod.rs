@@ -132,15 +132,13 @@ impl PrefixIndex {
             for (slot, &h) in found.iter_mut().zip(chunk) {
                 *slot = self.table.find(table::key_of(h));
             }
+            // Once this chunk has inserted, the first pass's answers may be stale: an insert can
+            // evict and shift entries, or (for a repeated hash) add what was missing. From then
+            // on each block is found again, on lines that are now in cache.
+            let mut inserted = false;
             for (&pos, &h) in found.iter().zip(chunk) {
                 let key = table::key_of(h);
-                // An insert before this one may have moved the entry (a backward shift after an
-                // eviction): found is only a hint, checked against the key.
-                let pos = match pos.filter(|&p| self.table.slot(p).key() == key) {
-                    Some(pos) => Some(pos),
-                    None if pos.is_some() => self.table.find(key),
-                    None => None,
-                };
+                let pos = if inserted { self.table.find(key) } else { pos };
                 let pos = match pos {
                     Some(pos) => {
                         self.table.mark(pos);
@@ -148,7 +146,10 @@ impl PrefixIndex {
                     }
                     // New hashes start referenced: a hash sent once survives at least one sweep
                     // of the hand, then goes unless it was used again.
-                    None => self.table.insert(key),
+                    None => {
+                        inserted = true;
+                        self.table.insert(key)
+                    }
                 };
                 self.table.slot_mut(pos).touch(endpoint.0);
             }
@@ -395,6 +396,14 @@ mod tests {
             .filter(|&h| matches(&mut ix, &[h]).contains(&(2, 1)))
             .count();
         assert!(kept >= 20, "{kept}");
+    }
+
+    #[test]
+    fn a_hash_repeated_within_one_record_is_stored_once() {
+        let mut ix = PrefixIndex::new(100);
+        ix.record(&[5, 6, 5, 7, 6], EndpointId(1));
+        assert_eq!(ix.len(), 3);
+        assert_eq!(matches(&mut ix, &[5, 6, 5, 7, 6]), vec![(1, 5)]);
     }
 
     #[test]

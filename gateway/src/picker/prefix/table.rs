@@ -48,10 +48,6 @@ impl Slot {
         len: 0,
     };
 
-    pub(super) fn key(&self) -> u64 {
-        self.key
-    }
-
     pub(super) fn endpoints(&self) -> &[u32] {
         &self.endpoints[..usize::from(self.len)]
     }
