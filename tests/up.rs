@@ -207,9 +207,9 @@ async fn steady_load_does_not_flap() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sigterm_stops_everything_and_leaves_no_process() {
-    let mut proc = up(&["--min", "2", "--max", "2", "--cold-start", "200ms"]);
+/// `up` with a fixed pool of two pods, once both are ready, and the pids of its two sims.
+async fn up_with_two_ready_sims() -> (Proc, Vec<u32>) {
+    let proc = up(&["--min", "2", "--max", "2", "--cold-start", "200ms"]);
     let autoscaler = proc.url("autoscaler");
     let http = client();
     wait_for(
@@ -226,47 +226,38 @@ async fn sigterm_stops_everything_and_leaves_no_process() {
         .filter(|pid| cmdline(*pid).contains(" sim "))
         .collect();
     assert_eq!(pods.len(), 2, "two `infergate sim` children");
+    (proc, pods)
+}
+
+/// The processes among `pids` still alive once all have exited or `within` has passed.
+async fn alive_after(pids: &[u32], within: Duration) -> Vec<u32> {
+    let deadline = std::time::Instant::now() + within;
+    while pids.iter().any(|p| alive(*p)) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pids.iter().copied().filter(|p| alive(*p)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_stops_everything_and_leaves_no_process() {
+    let (mut proc, pods) = up_with_two_ready_sims().await;
 
     let status = proc
         .terminate(Duration::from_secs(30))
         .expect("exits after SIGTERM");
     assert!(status.success(), "{status:?}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while pods.iter().any(|p| alive(*p)) && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let left: Vec<_> = pods.iter().filter(|p| alive(**p)).collect();
+    let left = alive_after(&pods, Duration::from_secs(5)).await;
     assert!(left.is_empty(), "sim processes left behind: {left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_of_up_still_leaves_no_sim_behind() {
-    let mut proc = up(&["--min", "2", "--max", "2", "--cold-start", "200ms"]);
-    let autoscaler = proc.url("autoscaler");
-    let http = client();
-    wait_for(
-        &http,
-        &autoscaler,
-        POOL,
-        Duration::from_secs(30),
-        "two ready pods",
-        |m| m.ready == 2.0,
-    )
-    .await;
-    let pods: Vec<u32> = children_of(proc.child.id())
-        .into_iter()
-        .filter(|pid| cmdline(*pid).contains(" sim "))
-        .collect();
-    assert_eq!(pods.len(), 2, "two `infergate sim` children");
+    let (mut proc, pods) = up_with_two_ready_sims().await;
 
     // SIGKILL cannot be caught: the sims must notice on their own (their stdin pipe closes).
     proc.child.kill().expect("SIGKILL up");
     let _ = proc.child.wait();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while pods.iter().any(|p| alive(*p)) && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let left: Vec<_> = pods.iter().filter(|p| alive(**p)).collect();
+    let left = alive_after(&pods, Duration::from_secs(15)).await;
     assert!(
         left.is_empty(),
         "sim processes outlived a SIGKILLed up: {left:?}"
