@@ -148,6 +148,24 @@ async fn metrics_until(gw: &Proc, what: &str, pred: impl Fn(&str) -> bool) -> St
 }
 
 /// The value of the sample `series` (name and labels exactly as exposed), if present.
+/// A gateway (config `extra_gateway`) in front of one upstream whose engine reports a full queue
+/// and KV cache (50 waiting, 99% KV), once the gateway has scraped that: every request is held.
+async fn saturated_gateway(name: &str, extra_gateway: &str) -> (upstream::Upstream, Proc) {
+    let up = upstream::start().await;
+    *up.state.waiting.lock().expect("lock") = (50.0, 0.99);
+    let cfg = write_config(name, &[up.url()], extra_gateway);
+    let gw = spawn_gateway(&cfg);
+    let l = up.addr.to_string();
+    metrics_until(&gw, "the saturated load scraped", |p| {
+        sample(
+            p,
+            &format!(r#"infergate_endpoint_waiting_requests{{pool="p",endpoint="{l}"}}"#),
+        ) == Some(50.0)
+    })
+    .await;
+    (up, gw)
+}
+
 fn sample(page: &str, series: &str) -> Option<f64> {
     page.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
@@ -463,21 +481,10 @@ async fn an_endpoint_failing_its_scrape_is_taken_out_of_rotation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saturated_pool_queues_then_sheds() {
-    let up = upstream::start().await;
-    *up.state.waiting.lock().expect("lock") = (50.0, 0.99);
-    let cfg = write_config(
+    let (up, gw) = saturated_gateway(
         "flow",
-        &[up.url()],
         "  flow: { saturation_queue: 5, saturation_kv: 0.9, max_queued: 8, queue_timeout: 1500ms, sheddable_timeout: 300ms }",
-    );
-    let gw = spawn_gateway(&cfg);
-    let l = up.addr.to_string();
-    metrics_until(&gw, "the saturated load scraped", |p| {
-        sample(
-            p,
-            &format!(r#"infergate_endpoint_waiting_requests{{pool="p",endpoint="{l}"}}"#),
-        ) == Some(50.0)
-    })
+    )
     .await;
     let api = format!("{}/v1/chat/completions", gw.url("gateway"));
 
@@ -652,21 +659,10 @@ async fn quick_start_in_front_of_infergate_sim() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_still_held_at_the_drain_timeout_gets_a_503() {
-    let up = upstream::start().await;
-    *up.state.waiting.lock().expect("lock") = (50.0, 0.99);
-    let cfg = write_config(
+    let (_up, mut gw) = saturated_gateway(
         "drain-held",
-        &[up.url()],
         "  flow: { saturation_queue: 5, saturation_kv: 0.9, queue_timeout: 60s }\n  shutdown: { drain_timeout: 300ms }",
-    );
-    let mut gw = spawn_gateway(&cfg);
-    let l = up.addr.to_string();
-    metrics_until(&gw, "the saturated load scraped", |p| {
-        sample(
-            p,
-            &format!(r#"infergate_endpoint_waiting_requests{{pool="p",endpoint="{l}"}}"#),
-        ) == Some(50.0)
-    })
+    )
     .await;
     let api = format!("{}/v1/chat/completions", gw.url("gateway"));
     let held = tokio::spawn(async move { post(&api, CHAT, &[]).await });
