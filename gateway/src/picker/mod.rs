@@ -203,7 +203,7 @@ pub fn pick_excluding(
     );
     let (mut candidates, mut unsaturated, mut last) = (0usize, 0usize, 0usize);
     // The scored policies' sums ride along this pass rather than needing one of their own.
-    let mut totals = score::Totals::default();
+    let mut totals = score::Totals::new(snapshot.policy);
     for (i, v) in eps.iter().enumerate() {
         if is_candidate(i) {
             candidates += 1;
@@ -211,7 +211,7 @@ pub fn pick_excluding(
             if !saturated(i) {
                 unsaturated += 1;
                 if scored {
-                    totals.add(v, snapshot.policy == PickerPolicy::Infergate);
+                    totals.add(v);
                 }
             }
         }

@@ -163,6 +163,8 @@ fn score(snap: &PoolSnapshot<'_>, facts: &RequestFacts, st: &Stats, i: usize) ->
 /// counts candidates), so that scoring needs only one more.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Totals {
+    /// The `infergate` policy, else `queue-kv`: what an endpoint's queue counts.
+    infergate: bool,
     n: usize,
     known: usize,
     kv_n: usize,
@@ -177,15 +179,23 @@ pub(super) struct Totals {
 }
 
 impl Totals {
-    /// Counts one eligible endpoint (`infergate`: the policy is `infergate`, not `queue-kv`).
-    pub(super) fn add(&mut self, v: &EndpointView<'_>, infergate: bool) {
+    /// Empty sums for a scored policy.
+    pub(super) fn new(policy: PickerPolicy) -> Totals {
+        Totals {
+            infergate: policy == PickerPolicy::Infergate,
+            ..Totals::default()
+        }
+    }
+
+    /// Counts one eligible endpoint.
+    pub(super) fn add(&mut self, v: &EndpointView<'_>) {
         self.n += 1;
         self.sum_inf += f64::from(v.inflight);
         let load = load_estimate(v);
         self.min_load = Some(self.min_load.map_or(load, |m| m.min(load)));
         if let Some(w) = v.waiting {
             self.known += 1;
-            self.sum_q += known_queue(v, w, infergate);
+            self.sum_q += known_queue(v, w, self.infergate);
             self.sum_inf_known += f64::from(v.inflight);
         }
         if let Some(kv) = v.kv_usage {
@@ -224,7 +234,7 @@ impl Totals {
             } else {
                 1.0 / facts.prefix.len() as f64
             },
-            infergate: snap.policy == PickerPolicy::Infergate,
+            infergate: self.infergate,
         }
     }
 }
