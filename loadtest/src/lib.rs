@@ -7,11 +7,13 @@
 //! - [`stepload`]: a step load through `infergate up` against a fixed pool sized for the peak.
 //! - [`plan`]: the discrete-event planner, driving the live picker and scaling policy in virtual time.
 //! - [`plot`]: the SVG pieces every report draws with.
+//! - [`scenario_file`]: reading the YAML scenario files of `compare` and `plan`.
 #![forbid(unsafe_code)]
 
 pub mod compare;
 pub mod generate;
 pub mod plan;
 pub mod plot;
+pub mod scenario_file;
 pub mod sim;
 pub mod stepload;

@@ -18,22 +18,9 @@ use crate::sim::Profile;
 /// Why a scenario cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
-    /// The file cannot be read.
-    #[error("reading scenario {path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The YAML does not describe a scenario (serde's message names the field).
-    #[error("scenario {path}: {message}")]
-    Parse {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        message: String,
-    },
+    /// The file cannot be read, or its YAML does not describe a scenario.
+    #[error(transparent)]
+    File(#[from] crate::scenario_file::ScenarioFileError),
     /// A value is out of range or names something unknown.
     #[error("scenario {path}: {field}: {message}")]
     Invalid {
@@ -374,19 +361,14 @@ pub enum Workload {
 impl Scenario {
     /// Reads and checks a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Scenario::parse(&text, &path.display().to_string())
+        let s: Scenario = crate::scenario_file::read(path)?;
+        s.validate(&path.display().to_string())?;
+        Ok(s)
     }
 
     /// Parses and checks scenario YAML; `path` names it in errors.
     pub fn parse(text: &str, path: &str) -> Result<Scenario, ScenarioError> {
-        let s: Scenario = serde_saphyr::from_str(text).map_err(|e| ScenarioError::Parse {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
+        let s: Scenario = crate::scenario_file::parse(text, path)?;
         s.validate(path)?;
         Ok(s)
     }

@@ -17,22 +17,9 @@ use crate::sim::{EngineConfig, Profile};
 /// Why a scenario cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
-    /// The file cannot be read.
-    #[error("reading scenario {path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The YAML does not describe a scenario.
-    #[error("scenario {path}: {message}")]
-    Parse {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        message: String,
-    },
+    /// The file cannot be read, or its YAML does not describe a scenario.
+    #[error(transparent)]
+    File(#[from] crate::scenario_file::ScenarioFileError),
     /// A value is out of range or names something unknown.
     #[error("scenario: {0}")]
     Invalid(String),
@@ -210,25 +197,14 @@ pub struct Variant {
 impl Scenario {
     /// Reads a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Scenario::parse(&text).map_err(|e| match e {
-            ScenarioError::Parse { message, .. } => ScenarioError::Parse {
-                path: path.display().to_string(),
-                message,
-            },
-            other => other,
-        })
+        let s: Scenario = crate::scenario_file::read(path)?;
+        s.validate()?;
+        Ok(s)
     }
 
     /// Parses scenario YAML.
     pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
-        let s: Scenario = serde_saphyr::from_str(text).map_err(|e| ScenarioError::Parse {
-            path: "(text)".into(),
-            message: e.to_string(),
-        })?;
+        let s: Scenario = crate::scenario_file::parse(text, "(text)")?;
         s.validate()?;
         Ok(s)
     }
