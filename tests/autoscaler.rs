@@ -257,7 +257,7 @@ pools:
       targets: { running_per_replica: 1.5 }
 "#,
     );
-    let proc = spawn_with_env(
+    let proc = Proc::spawn_with_env(
         &[
             "autoscaler",
             "--config",

@@ -25,8 +25,14 @@ pub struct Proc {
 impl Proc {
     /// Starts `infergate <args>` and waits (up to 60 s) until each role in `roles` printed its address.
     pub fn spawn(args: &[&str], roles: &[&str]) -> Proc {
+        Proc::spawn_with_env(args, &[], roles)
+    }
+
+    /// [`Proc::spawn`], with extra environment variables for the child.
+    pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)], roles: &[&str]) -> Proc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_infergate"))
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -46,12 +52,10 @@ impl Proc {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while roles.iter().any(|r| !addrs.contains_key(*r)) {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = match rx.recv_timeout(left) {
-                Ok(line) => line,
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("infergate {args:?} did not report {roles:?} (got {addrs:?})");
-                }
+            let Ok(line) = rx.recv_timeout(left) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("infergate {args:?} did not report {roles:?} (got {addrs:?})");
             };
             if let Some((role, addr)) = parse_listening(&line) {
                 addrs.insert(role, addr);
