@@ -197,6 +197,28 @@ fn bench_pick(c: &mut Criterion) {
             hash(&prefix_cfg, black_box(&all[i]))
         })
     });
+    // Hashing alone with the prompt in cache (the same prompt every time), against the chain
+    // PromptHasher used before: xxh3 per 256-byte block, chained by a second xxh3 of
+    // (previous, block hash). Why the hasher is a foldhash stream now.
+    let hot = &all[0];
+    g.bench_function("hash_16k_prompt_in_cache", |b| {
+        b.iter(|| hash(&prefix_cfg, black_box(hot)))
+    });
+    let hot_text = format!("system{}user{}", hot.system, hot.user);
+    g.bench_function("xxh3_block_chain_16k_in_cache_reference", |b| {
+        b.iter(|| {
+            let mut prev = 0x1f2e_3d4c_5b6a_7988u64;
+            let mut out = Vec::with_capacity(64);
+            for block in black_box(hot_text.as_bytes()).chunks_exact(256) {
+                let mut pair = [0u8; 16];
+                pair[..8].copy_from_slice(&prev.to_le_bytes());
+                pair[8..].copy_from_slice(&xxhash_rust::xxh3::xxh3_64(block).to_le_bytes());
+                prev = xxhash_rust::xxh3::xxh3_64(&pair);
+                out.push(prev);
+            }
+            out
+        })
+    });
     // The floor under hashing: one xxh3 over the same 16 KiB, no blocks, no chaining.
     let joined: Vec<String> = all
         .iter()
