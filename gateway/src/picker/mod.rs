@@ -203,7 +203,7 @@ pub fn pick_excluding(
     );
     let (mut candidates, mut unsaturated, mut last) = (0usize, 0usize, 0usize);
     // The scored policies' sums ride along this pass rather than needing one of their own.
-    let mut totals = score::Totals::new(snapshot.policy);
+    let mut totals = score::Totals::new(snapshot.policy, facts);
     for (i, v) in eps.iter().enumerate() {
         if is_candidate(i) {
             candidates += 1;
@@ -211,7 +211,7 @@ pub fn pick_excluding(
             if !saturated(i) {
                 unsaturated += 1;
                 if scored {
-                    totals.add(v);
+                    totals.add(i, v);
                 }
             }
         }
@@ -255,9 +255,9 @@ pub fn pick_excluding(
             }
         }
         PickerPolicy::QueueKv | PickerPolicy::Infergate => {
-            // Saturated endpoints are filtered out as long as another can take the request.
-            let eligible = |i: usize| is_candidate(i) && !saturated(i);
-            score::pick_scored(snapshot, facts, &totals, eligible)
+            // Saturated endpoints are filtered out as long as another can take the request:
+            // the totals hold the candidates that are not.
+            score::pick_scored(snapshot, &totals)
         }
     }
 }

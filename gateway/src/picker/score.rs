@@ -19,7 +19,12 @@
 //! and its KV use as their mean. With no scraped candidate at all, the queue is the in-flight
 //! count, and the decision is plain in-flight accounting.
 
-use super::{EndpointView, Pick, PickReason, PickerPolicy, PoolSnapshot, RequestFacts};
+use std::cell::Cell;
+
+use super::{
+    Balance, EndpointView, Pick, PickReason, PickerPolicy, PickerWeights, PoolSnapshot,
+    RequestFacts,
+};
 
 /// Aggregates over the eligible endpoints that the per-endpoint scores are relative to.
 struct Stats {
@@ -27,18 +32,37 @@ struct Stats {
     known: usize,
     mean_known_q: f64,
     mean_known_inflight: f64,
-    mean_known_kv: Option<f64>,
+    /// The KV use assumed where it is unknown: the scraped candidates' mean, else 0.
+    unknown_kv: f64,
     min_load: f64,
     /// KV use of an average running request (scraped KV over scraped running, pool-wide).
     kv_per_request: f64,
     /// Reciprocals, computed once per pick rather than divided by per endpoint.
     inv_q_ref: f64,
     inv_mean_inflight: f64,
-    /// The request's block count, and 1 / it (0 without blocks).
-    blocks: f64,
-    inv_blocks: f64,
     /// The `infergate` policy (prefix, LoRA, in-flight); else `queue-kv`.
     infergate: bool,
+}
+
+/// One eligible endpoint as scoring reads it: the view's optional numbers resolved once, in the
+/// pass that counts candidates, so that the scoring pass is straight arithmetic over a dense
+/// array (no `Option` to test, no ineligible endpoint to skip). One cache line.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Lane {
+    /// The endpoint's index in the snapshot.
+    index: usize,
+    /// [`known_queue`] when the scrape is fresh; NaN when not (never NaN otherwise: the
+    /// queue is clamped at 0, and `f64::max` drops a NaN).
+    q: f64,
+    inflight: f64,
+    /// Scraped KV use clamped to 0..=1; NaN when unknown.
+    kv: f64,
+    picks: f64,
+    /// [`load_estimate`].
+    load: f64,
+    /// Prefix affinity before the imbalance guard: leading blocks sent there / the request's.
+    prefix_raw: f64,
+    lora: f64,
 }
 
 /// The queue of an endpoint with a fresh scrape: the engine's waiting requests plus those sent
@@ -56,23 +80,31 @@ fn known_queue(v: &EndpointView<'_>, waiting: f64, infergate: bool) -> f64 {
     reported.max(unseen)
 }
 
-fn queue_estimate(v: &EndpointView<'_>, st: &Stats) -> f64 {
-    match v.waiting {
-        Some(w) => known_queue(v, w, st.infergate),
-        None if st.known > 0 => {
-            (st.mean_known_q + f64::from(v.inflight) - st.mean_known_inflight).max(0.0)
+impl Lane {
+    /// The queue: [`known_queue`] with a fresh scrape. Without one, the queue is imputed as the
+    /// mean queue of the scraped candidates, shifted by how far this endpoint's in-flight count
+    /// is from theirs; with no scraped candidate at all, it is the in-flight count.
+    fn queue(&self, st: &Stats) -> f64 {
+        if !self.q.is_nan() {
+            self.q
+        } else if st.known > 0 {
+            (st.mean_known_q + self.inflight - st.mean_known_inflight).max(0.0)
+        } else {
+            self.inflight
         }
-        None => f64::from(v.inflight),
     }
-}
 
-/// KV use with the in-flight correction: each request sent since the scrape is assumed to take
-/// the KV of an average running request of the pool, so a burst raises the estimate before the
-/// next scrape shows it. Pool-wide, not per endpoint, so that every endpoint pays the same for
-/// the same request.
-fn kv_estimate(v: &EndpointView<'_>, kv_per_request: f64) -> Option<f64> {
-    let kv = v.kv_usage?.clamp(0.0, 1.0);
-    Some((kv + kv_per_request * f64::from(v.picks_since_scrape)).min(1.0))
+    /// KV use with the in-flight correction: each request sent since the scrape is assumed to
+    /// take the KV of an average running request of the pool, so a burst raises the estimate
+    /// before the next scrape shows it. Pool-wide, not per endpoint, so that every endpoint pays
+    /// the same for the same request. Unknown: the scraped candidates' mean.
+    fn kv_use(&self, st: &Stats) -> f64 {
+        if self.kv.is_nan() {
+            st.unknown_kv
+        } else {
+            (self.kv + st.kv_per_request * self.picks).min(1.0)
+        }
+    }
 }
 
 /// Requests at the endpoint: what the engine reported plus what was sent since, and never less
@@ -116,18 +148,14 @@ struct Scored {
     lora: f64,
 }
 
-/// The hot loop of every pick, once per eligible endpoint: kept to plain arithmetic. The queue and
+/// The hot loop of every pick, once per eligible endpoint: plain arithmetic on a [`Lane`], no
+/// branch that depends on the endpoint but the two selects of the estimates. The queue and
 /// in-flight terms are both of the form `w / (1 + x)`; they are summed over one common
 /// denominator, so an endpoint costs one division instead of two.
-fn score(snap: &PoolSnapshot<'_>, facts: &RequestFacts, st: &Stats, i: usize) -> Scored {
-    let v = &snap.endpoints[i];
-    let w = snap.weights;
-    let kv_use = kv_estimate(v, st.kv_per_request)
-        .or(st.mean_known_kv)
-        .unwrap_or(0.0);
-    let kv = 1.0 - kv_use.clamp(0.0, 1.0);
+fn score(l: &Lane, st: &Stats, w: &PickerWeights, bal: Balance) -> Scored {
+    let kv = 1.0 - l.kv_use(st).clamp(0.0, 1.0);
     // queue = 1 / dq, in-flight = 1 / di: w.queue / dq + w.inflight / di, over dq * di.
-    let dq = 1.0 + queue_estimate(v, st) * st.inv_q_ref;
+    let dq = 1.0 + l.queue(st) * st.inv_q_ref;
     if !st.infergate {
         return Scored {
             score: w.queue / dq + w.kv * kv,
@@ -136,81 +164,138 @@ fn score(snap: &PoolSnapshot<'_>, facts: &RequestFacts, st: &Stats, i: usize) ->
             lora: 0.0,
         };
     }
-    let di = 1.0 + f64::from(v.inflight) * st.inv_mean_inflight;
-    let prefix_raw = f64::from(v.prefix_blocks).min(st.blocks) * st.inv_blocks;
-    // The imbalance guard, only where there is an affinity to guard.
-    let prefix = if prefix_raw > 0.0 {
-        let load = load_estimate(v);
-        let bal = snap.balance;
-        let overloaded = load - st.min_load > bal.abs && load > bal.rel * st.min_load;
-        if overloaded { 0.0 } else { prefix_raw }
-    } else {
-        0.0
-    };
-    let lora = lora_score(v, facts.lora.as_deref());
+    let di = 1.0 + l.inflight * st.inv_mean_inflight;
+    // The imbalance guard (a no-op where there is no affinity to guard).
+    let overloaded = l.load - st.min_load > bal.abs && l.load > bal.rel * st.min_load;
+    let prefix = if overloaded { 0.0 } else { l.prefix_raw };
     Scored {
         score: (w.queue * di + w.inflight * dq) / (dq * di)
             + w.kv * kv
             + w.prefix * prefix
-            + w.lora * lora,
+            + w.lora * l.lora,
         prefix,
-        prefix_raw,
-        lora,
+        prefix_raw: l.prefix_raw,
+        lora: l.lora,
     }
 }
 
-/// Sums over the eligible endpoints, gathered in the picker's first pass over them (the one that
-/// counts candidates), so that scoring needs only one more.
-#[derive(Clone, Copy, Debug, Default)]
-pub(super) struct Totals {
+thread_local! {
+    /// [`Totals`]' lanes, reused from pick to pick: a pick allocates nothing.
+    static LANES: Cell<Vec<Lane>> = const { Cell::new(Vec::new()) };
+}
+
+/// The eligible endpoints as [`Lane`]s and the sums over them, gathered in the picker's first
+/// pass (the one that counts candidates), so that scoring needs only one more, over the lanes.
+#[derive(Debug)]
+pub(super) struct Totals<'f> {
     /// The `infergate` policy, else `queue-kv`: what an endpoint's queue counts.
     infergate: bool,
-    n: usize,
+    /// The request's block count, and 1 / it (0 without blocks).
+    blocks: f64,
+    inv_blocks: f64,
+    lora: Option<&'f str>,
+    /// In endpoint order.
+    lanes: Vec<Lane>,
     known: usize,
     kv_n: usize,
     sum_q: f64,
     sum_kv: f64,
     sum_inf_known: f64,
     sum_inf: f64,
-    min_load: Option<f64>,
+    min_load: f64,
     sum_kv_running: f64,
     sum_running: f64,
     sum_kv_picks: f64,
 }
 
-impl Totals {
-    /// Empty sums for a scored policy.
-    pub(super) fn new(policy: PickerPolicy) -> Totals {
+impl Drop for Totals<'_> {
+    fn drop(&mut self) {
+        LANES.set(std::mem::take(&mut self.lanes));
+    }
+}
+
+impl<'f> Totals<'f> {
+    /// Empty sums for a scored policy and this request.
+    pub(super) fn new(policy: PickerPolicy, facts: &'f RequestFacts) -> Totals<'f> {
+        let mut lanes = LANES.take();
+        lanes.clear();
+        let blocks = facts.prefix.len() as f64;
         Totals {
             infergate: policy == PickerPolicy::Infergate,
-            ..Totals::default()
+            blocks,
+            inv_blocks: if facts.prefix.is_empty() {
+                0.0
+            } else {
+                1.0 / blocks
+            },
+            lora: facts.lora.as_deref(),
+            lanes,
+            known: 0,
+            kv_n: 0,
+            sum_q: 0.0,
+            sum_kv: 0.0,
+            sum_inf_known: 0.0,
+            sum_inf: 0.0,
+            min_load: f64::INFINITY,
+            sum_kv_running: 0.0,
+            sum_running: 0.0,
+            sum_kv_picks: 0.0,
         }
     }
 
-    /// Counts one eligible endpoint.
-    pub(super) fn add(&mut self, v: &EndpointView<'_>) {
-        self.n += 1;
-        self.sum_inf += f64::from(v.inflight);
+    /// Counts the eligible endpoint at `index`. Call in endpoint order.
+    pub(super) fn add(&mut self, index: usize, v: &EndpointView<'_>) {
+        let inflight = f64::from(v.inflight);
+        let picks = f64::from(v.picks_since_scrape);
         let load = load_estimate(v);
-        self.min_load = Some(self.min_load.map_or(load, |m| m.min(load)));
-        if let Some(w) = v.waiting {
-            self.known += 1;
-            self.sum_q += known_queue(v, w, self.infergate);
-            self.sum_inf_known += f64::from(v.inflight);
-        }
-        if let Some(kv) = v.kv_usage {
-            let kv = kv.clamp(0.0, 1.0);
-            self.kv_n += 1;
-            self.sum_kv += kv;
-            self.sum_kv_picks += f64::from(v.picks_since_scrape);
-            if let Some(r) = v.running {
-                self.sum_kv_running += kv;
-                self.sum_running += r.max(0.0);
+        self.sum_inf += inflight;
+        self.min_load = self.min_load.min(load);
+        let q = match v.waiting {
+            Some(w) => {
+                let q = known_queue(v, w, self.infergate);
+                self.known += 1;
+                self.sum_q += q;
+                self.sum_inf_known += inflight;
+                q
             }
-        }
+            None => f64::NAN,
+        };
+        // A NaN from a broken scrape counts as unknown, not as a number that poisons the sums.
+        let kv = match v.kv_usage.filter(|kv| !kv.is_nan()) {
+            Some(kv) => {
+                let kv = kv.clamp(0.0, 1.0);
+                self.kv_n += 1;
+                self.sum_kv += kv;
+                self.sum_kv_picks += picks;
+                if let Some(r) = v.running {
+                    self.sum_kv_running += kv;
+                    self.sum_running += r.max(0.0);
+                }
+                kv
+            }
+            None => f64::NAN,
+        };
+        let (prefix_raw, lora) = if self.infergate {
+            (
+                f64::from(v.prefix_blocks).min(self.blocks) * self.inv_blocks,
+                lora_score(v, self.lora),
+            )
+        } else {
+            (0.0, 0.0)
+        };
+        self.lanes.push(Lane {
+            index,
+            q,
+            inflight,
+            kv,
+            picks,
+            load,
+            prefix_raw,
+            lora,
+        });
     }
 
-    fn stats(&self, snap: &PoolSnapshot<'_>, facts: &RequestFacts) -> Stats {
+    fn stats(&self, snap: &PoolSnapshot<'_>) -> Stats {
         let kv_per_request = if self.sum_running >= 1.0 {
             self.sum_kv_running / self.sum_running
         } else {
@@ -219,36 +304,38 @@ impl Totals {
         // Mean of the corrected KV estimates: linear in the picks (the cap at 1 is ignored here).
         let sum_kv = self.sum_kv + kv_per_request * self.sum_kv_picks;
         let mean = |sum: f64, k: usize| if k == 0 { 0.0 } else { sum / k as f64 };
+        let n = self.lanes.len();
         Stats {
             known: self.known,
             mean_known_q: mean(self.sum_q, self.known),
             mean_known_inflight: mean(self.sum_inf_known, self.known),
-            mean_known_kv: (self.kv_n > 0).then(|| (sum_kv / self.kv_n as f64).min(1.0)),
-            min_load: self.min_load.unwrap_or(0.0),
+            unknown_kv: if self.kv_n > 0 {
+                (sum_kv / self.kv_n as f64).min(1.0)
+            } else {
+                0.0
+            },
+            min_load: if n == 0 { 0.0 } else { self.min_load },
             kv_per_request,
             inv_q_ref: 1.0 / snap.saturation.queue.max(1.0),
-            inv_mean_inflight: 1.0 / mean(self.sum_inf, self.n).max(1.0),
-            blocks: facts.prefix.len() as f64,
-            inv_blocks: if facts.prefix.is_empty() {
-                0.0
-            } else {
-                1.0 / facts.prefix.len() as f64
-            },
+            inv_mean_inflight: 1.0 / mean(self.sum_inf, n).max(1.0),
             infergate: self.infergate,
         }
     }
 }
 
 /// The best eligible endpoint by weighted score, given the [`Totals`] over the eligible ones.
-pub(super) fn pick_scored(
-    snap: &PoolSnapshot<'_>,
-    facts: &RequestFacts,
-    totals: &Totals,
-    eligible: impl Fn(usize) -> bool,
-) -> Pick {
-    let eps = snap.endpoints;
-    let st = totals.stats(snap, facts);
+pub(super) fn pick_scored(snap: &PoolSnapshot<'_>, totals: &Totals<'_>) -> Pick {
+    let st = totals.stats(snap);
     let (infergate, known) = (st.infergate, st.known);
+    let (w, bal) = (snap.weights, snap.balance);
+
+    // The scan starts at the cursor's endpoint and wraps, so that ties rotate: the lanes are in
+    // endpoint order, and those from the cursor on come first.
+    let lanes = &totals.lanes;
+    let start = super::rotated(snap.endpoints.len(), snap.rr_cursor)
+        .next()
+        .unwrap_or(0);
+    let split = lanes.partition_point(|l| l.index < start);
 
     // One pass: the best score, and the spread of the affinity scores (an affinity only explains
     // a pick when it differed between candidates).
@@ -257,20 +344,19 @@ pub(super) fn pick_scored(
     // The strongest affinity the imbalance guard removed.
     let mut max_suppressed = 0.0f64;
     let mut best: Option<(usize, Scored)> = None;
-    for i in super::rotated(eps.len(), snap.rr_cursor) {
-        if !eligible(i) {
-            continue;
-        }
-        let p = score(snap, facts, &st, i);
-        max_prefix = max_prefix.max(p.prefix);
-        min_prefix = min_prefix.min(p.prefix);
-        max_lora = max_lora.max(p.lora);
-        min_lora = min_lora.min(p.lora);
-        if p.prefix < p.prefix_raw {
-            max_suppressed = max_suppressed.max(p.prefix_raw);
-        }
-        if best.is_none_or(|(_, b)| p.score > b.score) {
-            best = Some((i, p));
+    for part in [&lanes[split..], &lanes[..split]] {
+        for l in part {
+            let p = score(l, &st, w, bal);
+            max_prefix = max_prefix.max(p.prefix);
+            min_prefix = min_prefix.min(p.prefix);
+            max_lora = max_lora.max(p.lora);
+            min_lora = min_lora.min(p.lora);
+            if p.prefix < p.prefix_raw {
+                max_suppressed = max_suppressed.max(p.prefix_raw);
+            }
+            if best.is_none_or(|(_, b)| p.score > b.score) {
+                best = Some((l.index, p));
+            }
         }
     }
     let Some((index, won)) = best else {
