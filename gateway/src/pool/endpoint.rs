@@ -23,21 +23,11 @@ pub struct Endpoint {
     url: String,
     name: Option<String>,
     label: String,
-    inflight: AtomicU32,
-    /// Requests ever sent here; the scraper notes its value when it sends a scrape, so the picks
-    /// made after that instant are known exactly ([`Endpoint::picks_since_scrape`]).
-    picks_total: AtomicU64,
-    picks_at_scrape: AtomicU64,
+    /// Everything a pick reads, on one cache line.
+    hot: Hot,
     load: ArcSwapOption<ScrapedLoad>,
-    /// The numbers of `load` the picker reads on every request, as plain atomics: cheaper than
-    /// even a reference-count-free `ArcSwap` read, 64 times per pick.
-    hot: HotLoad,
     scrape_errors: AtomicU64,
     last_scrape_error: Mutex<Option<String>>,
-    discovered_ready: AtomicBool,
-    terminating: AtomicBool,
-    /// Gone from discovery, kept until its last in-flight request finishes.
-    removed: AtomicBool,
     outlier: Outlier,
 }
 
@@ -53,16 +43,10 @@ impl Endpoint {
             url,
             name: d.name.clone(),
             label,
-            inflight: AtomicU32::new(0),
-            picks_total: AtomicU64::new(0),
-            picks_at_scrape: AtomicU64::new(0),
+            hot: Hot::new(d),
             load: ArcSwapOption::empty(),
-            hot: HotLoad::default(),
             scrape_errors: AtomicU64::new(0),
             last_scrape_error: Mutex::new(None),
-            discovered_ready: AtomicBool::new(d.ready),
-            terminating: AtomicBool::new(d.terminating),
-            removed: AtomicBool::new(false),
             outlier: Outlier::default(),
         }
     }
@@ -88,7 +72,7 @@ impl Endpoint {
 
     /// Requests this gateway has outstanding here now.
     pub fn inflight(&self) -> u32 {
-        self.inflight.load(Relaxed)
+        self.hot.inflight.load(Relaxed)
     }
 
     /// The last good scrape (possibly stale: compare its `taken_at`).
@@ -121,39 +105,40 @@ impl Endpoint {
     /// Requests sent here since the last good scrape was sent.
     pub fn picks_since_scrape(&self) -> u32 {
         let since = self
+            .hot
             .picks_total
             .load(Relaxed)
-            .saturating_sub(self.picks_at_scrape.load(Relaxed));
+            .saturating_sub(self.hot.picks_at_scrape.load(Relaxed));
         u32::try_from(since).unwrap_or(u32::MAX)
     }
 
     /// Requests ever sent here (the scraper reads it before each scrape).
     pub fn picks_total(&self) -> u64 {
-        self.picks_total.load(Relaxed)
+        self.hot.picks_total.load(Relaxed)
     }
 
     /// Ejected by outlier detection at `now`.
     pub fn is_ejected(&self, now: Instant) -> bool {
-        self.outlier.is_ejected(now)
+        self.outlier.is_ejected(&self.hot.ejection_flagged, now)
     }
 
     /// Discovery says ready (EndpointSlice `ready`).
     pub fn discovered_ready(&self) -> bool {
-        self.discovered_ready.load(Relaxed)
+        self.hot.discovered_ready.load(Relaxed)
     }
 
     pub fn is_terminating(&self) -> bool {
-        self.terminating.load(Relaxed)
+        self.hot.terminating.load(Relaxed)
     }
 
     /// Gone from discovery; still listed while requests to it finish.
     pub fn is_removed(&self) -> bool {
-        self.removed.load(Relaxed)
+        self.hot.removed.load(Relaxed)
     }
 
     /// Stores a good scrape that was sent when [`Endpoint::picks_total`] read `picks_at_send`.
     pub fn record_scrape(&self, load: ScrapedLoad, picks_at_send: u64) {
-        self.picks_at_scrape.store(picks_at_send, Relaxed);
+        self.hot.picks_at_scrape.store(picks_at_send, Relaxed);
         self.hot.write(&load);
         self.load.store(Some(Arc::new(load)));
         *self.last_scrape_error.lock() = None;
@@ -166,27 +151,44 @@ impl Endpoint {
     }
 
     pub(crate) fn update_from(&self, d: &DiscoveredEndpoint) {
-        self.discovered_ready.store(d.ready, Relaxed);
-        self.terminating.store(d.terminating, Relaxed);
-        self.removed.store(false, Relaxed);
+        self.hot.discovered_ready.store(d.ready, Relaxed);
+        self.hot.terminating.store(d.terminating, Relaxed);
+        self.hot.removed.store(false, Relaxed);
     }
 
     pub(crate) fn mark_removed(&self) {
-        self.removed.store(true, Relaxed);
+        self.hot.removed.store(true, Relaxed);
     }
 
     pub(crate) fn begin_request(&self) {
-        self.inflight.fetch_add(1, Relaxed);
-        self.picks_total.fetch_add(1, Relaxed);
+        self.hot.inflight.fetch_add(1, Relaxed);
+        self.hot.picks_total.fetch_add(1, Relaxed);
     }
 
     /// Returns the in-flight count left.
     pub(crate) fn end_request(&self) -> u32 {
-        self.inflight.fetch_sub(1, Relaxed).saturating_sub(1)
+        self.hot.inflight.fetch_sub(1, Relaxed).saturating_sub(1)
     }
 
-    pub(crate) fn outlier(&self) -> &Outlier {
-        &self.outlier
+    /// Counts a failed request; true when the failure streak reached the threshold (the pool
+    /// decides whether it can afford an ejection, then calls [`Endpoint::eject`]).
+    pub(crate) fn record_failure(&self, cfg: &OutlierConfig) -> bool {
+        self.outlier.failure(cfg)
+    }
+
+    /// Ejects until `now` + the back-off; returns its length.
+    pub(crate) fn eject(&self, now: Instant, cfg: &OutlierConfig) -> Duration {
+        self.outlier.eject(&self.hot.ejection_flagged, now, cfg)
+    }
+
+    /// Counts a successful request.
+    pub(crate) fn record_success(&self, now: Instant, cfg: &OutlierConfig) {
+        self.outlier.success(&self.hot.ejection_flagged, now, cfg);
+    }
+
+    /// Ejections so far (for debug output).
+    pub(crate) fn ejections(&self) -> u32 {
+        self.outlier.ejections(&self.hot.ejection_flagged)
     }
 }
 
@@ -200,30 +202,55 @@ pub(crate) struct LoadScalars {
     pub taken_at: Option<Instant>,
 }
 
-/// `Option<f64>` as bits (`None` is one NaN pattern extract never stores) and the scrape's
-/// instant as nanoseconds since [`epoch`] plus one (0 = never scraped).
+/// The words of an endpoint that every pick reads (or, for the counters, writes), together on
+/// one cache line: a pick builds a view of every endpoint of the pool, and spread over the
+/// struct these few words cost a cache miss each, 64 endpoints over.
+///
+/// The scrape's numbers are `Option<f64>` as bits (`None` is one NaN pattern extract never
+/// stores) and its instant as nanoseconds since [`epoch`] plus one (0 = never scraped): plain
+/// atomics, cheaper than even a reference-count-free `ArcSwap` read of the whole scrape.
 #[derive(Debug)]
-struct HotLoad {
+#[repr(C, align(64))]
+struct Hot {
     waiting: AtomicU64,
     running: AtomicU64,
     kv: AtomicU64,
     taken_at: AtomicU64,
+    /// Requests ever sent here; the scraper notes its value when it sends a scrape, so the picks
+    /// made after that instant are known exactly ([`Endpoint::picks_since_scrape`]).
+    picks_total: AtomicU64,
+    picks_at_scrape: AtomicU64,
+    inflight: AtomicU32,
+    discovered_ready: AtomicBool,
+    terminating: AtomicBool,
+    /// Gone from discovery, kept until its last in-flight request finishes.
+    removed: AtomicBool,
+    /// Set while an ejection is scheduled or remembered ([`Outlier`]): keeps the ejection check
+    /// lock-free for the endpoints that never failed.
+    ejection_flagged: AtomicBool,
 }
+
+const _: () = assert!(std::mem::size_of::<Hot>() == 64);
 
 const NONE_BITS: u64 = u64::MAX;
 
-impl Default for HotLoad {
-    fn default() -> Self {
-        HotLoad {
+impl Hot {
+    fn new(d: &DiscoveredEndpoint) -> Hot {
+        Hot {
             waiting: AtomicU64::new(NONE_BITS),
             running: AtomicU64::new(NONE_BITS),
             kv: AtomicU64::new(NONE_BITS),
             taken_at: AtomicU64::new(0),
+            picks_total: AtomicU64::new(0),
+            picks_at_scrape: AtomicU64::new(0),
+            inflight: AtomicU32::new(0),
+            discovered_ready: AtomicBool::new(d.ready),
+            terminating: AtomicBool::new(d.terminating),
+            removed: AtomicBool::new(false),
+            ejection_flagged: AtomicBool::new(false),
         }
     }
-}
 
-impl HotLoad {
     fn write(&self, l: &ScrapedLoad) {
         let bits = |v: Option<f64>| v.filter(|v| !v.is_nan()).map_or(NONE_BITS, f64::to_bits);
         self.waiting.store(bits(l.waiting), Relaxed);
@@ -256,7 +283,7 @@ impl HotLoad {
 }
 
 impl LoadScalars {
-    /// Fills `taken_at` from a stamp of [`HotLoad::read_ticks`].
+    /// Fills `taken_at` from a stamp of [`Hot::read_ticks`].
     fn with_ticks(mut self, t: u64) -> LoadScalars {
         self.taken_at = (t != 0).then(|| epoch() + Duration::from_nanos(t - 1));
         self
@@ -290,11 +317,11 @@ fn host_port(url: &str) -> &str {
 
 /// Consecutive-failure outlier detection with exponential back-off, after Envoy's.
 #[derive(Debug, Default)]
+///
+/// Its flag (set while an ejection is scheduled or remembered, so that endpoints that never
+/// failed are checked without a lock) lives on the endpoint's hot line, and is passed in.
 pub(crate) struct Outlier {
     consecutive: AtomicU32,
-    /// Set while an ejection is scheduled or remembered: keeps `is_ejected` lock-free for the
-    /// endpoints that never failed.
-    flagged: AtomicBool,
     state: Mutex<EjectionState>,
 }
 
@@ -306,21 +333,21 @@ struct EjectionState {
 }
 
 impl Outlier {
-    pub(crate) fn is_ejected(&self, now: Instant) -> bool {
-        self.flagged.load(Relaxed) && self.state.lock().until.is_some_and(|u| now < u)
+    pub(crate) fn is_ejected(&self, flagged: &AtomicBool, now: Instant) -> bool {
+        flagged.load(Relaxed) && self.state.lock().until.is_some_and(|u| now < u)
     }
 
     /// A success resets the failure streak; a long healthy stretch after the last ejection
     /// (`max_ejection` past its end) forgets the back-off too.
-    pub(crate) fn success(&self, now: Instant, cfg: &OutlierConfig) {
+    pub(crate) fn success(&self, flagged: &AtomicBool, now: Instant, cfg: &OutlierConfig) {
         self.consecutive.store(0, Relaxed);
-        if !self.flagged.load(Relaxed) {
+        if !flagged.load(Relaxed) {
             return;
         }
         let mut s = self.state.lock();
         if s.until.is_some_and(|u| now >= u + cfg.max_ejection) {
             *s = EjectionState::default();
-            self.flagged.store(false, Relaxed);
+            flagged.store(false, Relaxed);
         }
     }
 
@@ -332,7 +359,12 @@ impl Outlier {
     }
 
     /// Ejects until `now` + the back-off; returns its length.
-    pub(crate) fn eject(&self, now: Instant, cfg: &OutlierConfig) -> Duration {
+    pub(crate) fn eject(
+        &self,
+        flagged: &AtomicBool,
+        now: Instant,
+        cfg: &OutlierConfig,
+    ) -> Duration {
         let mut s = self.state.lock();
         let factor = 1u32.checked_shl(s.ejections.min(31)).unwrap_or(u32::MAX);
         let length = cfg
@@ -342,14 +374,14 @@ impl Outlier {
             .min(cfg.max_ejection);
         s.ejections = s.ejections.saturating_add(1);
         s.until = Some(now + length);
-        self.flagged.store(true, Relaxed);
+        flagged.store(true, Relaxed);
         self.consecutive.store(0, Relaxed);
         length
     }
 
     /// Ejections so far (for debug output).
-    pub(crate) fn ejections(&self) -> u32 {
-        if self.flagged.load(Relaxed) {
+    pub(crate) fn ejections(&self, flagged: &AtomicBool) -> u32 {
+        if flagged.load(Relaxed) {
             self.state.lock().ejections
         } else {
             0
@@ -414,18 +446,20 @@ mod tests {
             max_ejection: Duration::from_secs(35),
             max_ejected_ratio: 1.0,
         };
-        let o = Outlier::default();
+        let o = Endpoint::new(EndpointId(1), &DiscoveredEndpoint::ready("http://a:1"));
         let t0 = Instant::now();
-        assert!(!o.failure(&cfg));
-        assert!(o.failure(&cfg));
+        assert!(!o.record_failure(&cfg));
+        assert!(o.record_failure(&cfg));
         assert_eq!(o.eject(t0, &cfg), Duration::from_secs(10));
         assert!(o.is_ejected(t0 + Duration::from_secs(9)));
         assert!(!o.is_ejected(t0 + Duration::from_secs(10)));
         assert_eq!(o.eject(t0, &cfg), Duration::from_secs(20));
         assert_eq!(o.eject(t0, &cfg), Duration::from_secs(35));
+        assert_eq!(o.ejections(), 3);
         // A success long after the last ejection ended forgets the back-off.
-        o.success(t0 + Duration::from_secs(35 + 35), &cfg);
+        o.record_success(t0 + Duration::from_secs(35 + 35), &cfg);
         assert_eq!(o.ejections(), 0);
-        assert!(!o.failure(&cfg), "the streak restarted");
+        assert!(!o.is_ejected(t0 + Duration::from_secs(71)));
+        assert!(!o.record_failure(&cfg), "the streak restarted");
     }
 }

@@ -382,7 +382,7 @@ impl Pool {
     /// A request to `ep` failed (connect error, 5xx): ejects it after enough consecutive
     /// failures, unless that would eject more than `max_ejected_ratio` of the pool.
     pub(crate) fn report_failure(&self, ep: &Endpoint) {
-        if !ep.outlier().failure(&self.outlier) {
+        if !ep.record_failure(&self.outlier) {
             return;
         }
         let now = Instant::now();
@@ -392,13 +392,13 @@ impl Pool {
         let allowed =
             (self.outlier.max_ejected_ratio.clamp(0.0, 1.0) * live as f64).floor() as usize;
         if ejected < allowed && !ep.is_ejected(now) {
-            let length = ep.outlier().eject(now, &self.outlier);
+            let length = ep.eject(now, &self.outlier);
             tracing::warn!(pool = %self.name, endpoint = %ep.label(), ?length, "endpoint ejected after consecutive failures");
         }
     }
 
     pub(crate) fn report_success(&self, ep: &Endpoint) {
-        ep.outlier().success(Instant::now(), &self.outlier);
+        ep.record_success(Instant::now(), &self.outlier);
     }
 
     /// Called by the guard when a request ends.
@@ -442,7 +442,7 @@ impl Pool {
                     "terminating": e.is_terminating(),
                     "removed": e.is_removed(),
                     "ejected": h.ejected,
-                    "ejections": e.outlier().ejections(),
+                    "ejections": e.ejections(),
                     "stale": h.stale,
                     "scrape_unready": h.scrape_unready,
                     "inflight": e.inflight(),
