@@ -203,7 +203,7 @@ pub fn pick_excluding(
     );
     let (mut candidates, mut unsaturated, mut last) = (0usize, 0usize, 0usize);
     // The scored policies' sums ride along this pass rather than needing one of their own.
-    let mut totals = score::Totals::new(snapshot.policy, facts);
+    let mut totals = score::Totals::new(snapshot.policy, facts, eps.len());
     for (i, v) in eps.iter().enumerate() {
         if is_candidate(i) {
             candidates += 1;

@@ -81,6 +81,17 @@ fn known_queue(v: &EndpointView<'_>, waiting: f64, infergate: bool) -> f64 {
 }
 
 impl Lane {
+    const EMPTY: Lane = Lane {
+        index: 0,
+        q: f64::NAN,
+        inflight: 0.0,
+        kv: f64::NAN,
+        picks: 0.0,
+        load: 0.0,
+        prefix_raw: 0.0,
+        lora: 0.0,
+    };
+
     /// The queue: [`known_queue`] with a fresh scrape. Without one, the queue is imputed as the
     /// mean queue of the scraped candidates, shifted by how far this endpoint's in-flight count
     /// is from theirs; with no scraped candidate at all, it is the in-flight count.
@@ -194,8 +205,9 @@ pub(super) struct Totals<'f> {
     blocks: f64,
     inv_blocks: f64,
     lora: Option<&'f str>,
-    /// In endpoint order.
+    /// In endpoint order: the first `n` are the eligible endpoints'.
     lanes: Vec<Lane>,
+    n: usize,
     known: usize,
     kv_n: usize,
     sum_q: f64,
@@ -215,10 +227,18 @@ impl Drop for Totals<'_> {
 }
 
 impl<'f> Totals<'f> {
-    /// Empty sums for a scored policy and this request.
-    pub(super) fn new(policy: PickerPolicy, facts: &'f RequestFacts) -> Totals<'f> {
+    /// Empty sums for a scored policy and this request, over at most `endpoints` endpoints.
+    pub(super) fn new(
+        policy: PickerPolicy,
+        facts: &'f RequestFacts,
+        endpoints: usize,
+    ) -> Totals<'f> {
+        // Sized up front, so that `add` writes in place: a `push` that might grow the vector is
+        // a call the compiler cannot see through, and around it every sum would go back to
+        // memory on every endpoint.
         let mut lanes = LANES.take();
         lanes.clear();
+        lanes.resize(endpoints, Lane::EMPTY);
         let blocks = facts.prefix.len() as f64;
         Totals {
             infergate: policy == PickerPolicy::Infergate,
@@ -230,6 +250,7 @@ impl<'f> Totals<'f> {
             },
             lora: facts.lora.as_deref(),
             lanes,
+            n: 0,
             known: 0,
             kv_n: 0,
             sum_q: 0.0,
@@ -283,16 +304,19 @@ impl<'f> Totals<'f> {
         } else {
             (0.0, 0.0)
         };
-        self.lanes.push(Lane {
-            index,
-            q,
-            inflight,
-            kv,
-            picks,
-            load,
-            prefix_raw,
-            lora,
-        });
+        if let Some(lane) = self.lanes.get_mut(self.n) {
+            *lane = Lane {
+                index,
+                q,
+                inflight,
+                kv,
+                picks,
+                load,
+                prefix_raw,
+                lora,
+            };
+            self.n += 1;
+        }
     }
 
     fn stats(&self, snap: &PoolSnapshot<'_>) -> Stats {
@@ -304,7 +328,7 @@ impl<'f> Totals<'f> {
         // Mean of the corrected KV estimates: linear in the picks (the cap at 1 is ignored here).
         let sum_kv = self.sum_kv + kv_per_request * self.sum_kv_picks;
         let mean = |sum: f64, k: usize| if k == 0 { 0.0 } else { sum / k as f64 };
-        let n = self.lanes.len();
+        let n = self.n;
         Stats {
             known: self.known,
             mean_known_q: mean(self.sum_q, self.known),
@@ -331,7 +355,7 @@ pub(super) fn pick_scored(snap: &PoolSnapshot<'_>, totals: &Totals<'_>) -> Pick 
 
     // The scan starts at the cursor's endpoint and wraps, so that ties rotate: the lanes are in
     // endpoint order, and those from the cursor on come first.
-    let lanes = &totals.lanes;
+    let lanes = &totals.lanes[..totals.n];
     let start = super::rotated(snap.endpoints.len(), snap.rr_cursor)
         .next()
         .unwrap_or(0);
