@@ -73,6 +73,9 @@ pub struct Pool {
     saturation: Saturation,
     balance: Balance,
     scrape: ScrapeConfig,
+    /// `scrape.stale_after` and `scrape.unready_after` in nanoseconds, for [`Pool::health_at`].
+    stale_after_ns: u64,
+    unready_after_ns: u64,
     outlier: OutlierConfig,
     members: ArcSwap<Vec<Arc<Endpoint>>>,
     /// Serialises the writers of `members` (discovery, pruning of drained endpoints).
@@ -105,6 +108,8 @@ impl Pool {
             saturation: Saturation::from(&gw.flow),
             balance: Balance::default(),
             scrape: gw.scrape.clone(),
+            stale_after_ns: nanos(gw.scrape.stale_after),
+            unready_after_ns: nanos(gw.scrape.unready_after),
             outlier: gw.outlier.clone(),
             members: ArcSwap::from_pointee(Vec::new()),
             membership: Mutex::new(()),
@@ -199,16 +204,19 @@ impl Pool {
         let age = ep
             .scalars()
             .taken_at
-            .map(|t| now.saturating_duration_since(t));
+            .map(|t| nanos(now.saturating_duration_since(t)));
         self.health_at(ep, age, now)
     }
 
-    /// [`Pool::health`] for an endpoint whose last good scrape is `age` old (`None`: never).
-    fn health_at(&self, ep: &Endpoint, age: Option<Duration>, now: Instant) -> EndpointHealth {
-        let stale = age.is_none_or(|a| a > self.scrape.stale_after);
+    /// [`Pool::health`] for an endpoint whose last good scrape is `age_ns` nanoseconds old
+    /// (`None`: never). In integer nanoseconds because a pick asks this of every endpoint, and
+    /// building a `Duration` costs a division.
+    #[inline]
+    fn health_at(&self, ep: &Endpoint, age_ns: Option<u64>, now: Instant) -> EndpointHealth {
+        let stale = age_ns.is_none_or(|a| a > self.stale_after_ns);
         // Never scraped successfully: usable on in-flight accounting (a pod without a metrics
         // route must still work); scraped once, then silent for too long: unready.
-        let scrape_unready = age.is_some_and(|a| a > self.scrape.unready_after);
+        let scrape_unready = age_ns.is_some_and(|a| a > self.unready_after_ns);
         let ejected = ep.is_ejected(now);
         let usable = ep.discovered_ready()
             && !ep.is_terminating()
@@ -252,7 +260,11 @@ impl Pool {
         //
         // The prefetch goes first and the lookup after the views: in an index of megabytes each
         // of a long prompt's blocks is a cache miss, and building the views is work for those
-        // misses to hide behind.
+        // misses to hide behind. The lookup prefetches again: a core keeps only a couple of
+        // dozen misses in flight, and a 64-block prompt asks for more lines than that at once,
+        // so some of the first hints may have gone unserved. Asked again, those go out while
+        // the pick is scored, before the record needs them; lines already in cache cost a hit.
+        // (Measured: the pick figure 3.79 against 4.00 us, median of six alternated runs.)
         let has_prefix = !facts.prefix.is_empty();
         if has_prefix {
             self.prefix.lock().prefetch(&facts.prefix);
@@ -261,7 +273,10 @@ impl Pool {
         let pick_with_prefix = |views: &mut [EndpointView<'_>]| {
             if has_prefix {
                 let mut matches: Vec<PrefixMatch> = Vec::new();
-                self.prefix.lock().lookup(&facts.prefix, &mut matches);
+                let mut index = self.prefix.lock();
+                index.prefetch(&facts.prefix);
+                index.lookup(&facts.prefix, &mut matches);
+                drop(index);
                 // At most ENDPOINTS_PER_BLOCK matches: a scan of the members for each.
                 for m in &matches {
                     if let Some(i) = members.iter().position(|e| e.id() == m.endpoint) {
@@ -321,6 +336,8 @@ impl Pool {
 
     /// One endpoint as the picker sees it now (`now_ticks` is `now` as scrape stamps count):
     /// load older than `stale_after` is withheld, and adapters are read from `load` when given.
+    // Always inlined: out of line it returns a 100-byte view through memory, 64 times a pick.
+    #[inline(always)]
     fn view<'a>(
         &self,
         e: &Endpoint,
@@ -329,8 +346,8 @@ impl Pool {
         load: Option<&'a ScrapedLoad>,
     ) -> EndpointView<'a> {
         let (scalars, t) = e.scalars_ticks();
-        let age = (t != 0).then(|| Duration::from_nanos(now_ticks.saturating_sub(t)));
-        let h = self.health_at(e, age, now);
+        let age_ns = (t != 0).then(|| now_ticks.saturating_sub(t));
+        let h = self.health_at(e, age_ns, now);
         let fresh = !h.stale;
         let lora = load.filter(|_| fresh).map(|l| &l.lora);
         EndpointView {
@@ -468,6 +485,11 @@ impl Pool {
             },
         })
     }
+}
+
+/// `d` in whole nanoseconds, saturating (585 years).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn millis(d: Duration) -> u64 {
