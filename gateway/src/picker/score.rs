@@ -52,7 +52,7 @@ pub(super) struct Lane {
     /// The endpoint's index in the snapshot.
     index: usize,
     /// [`known_queue`] when the scrape is fresh; NaN when not (never NaN otherwise: the
-    /// queue is clamped at 0, and `f64::max` drops a NaN).
+    /// queue is clamped at 0, which turns a NaN into 0).
     q: f64,
     inflight: f64,
     /// Scraped KV use clamped to 0..=1; NaN when unknown.
@@ -65,6 +65,20 @@ pub(super) struct Lane {
     lora: f64,
 }
 
+/// `a.max(b)` for the per-endpoint passes, where `b` is never NaN: one `maxsd` instead of the
+/// NaN-aware sequence `f64::max` compiles to (it tests both operands). The same result: a NaN
+/// `a` gives `b`, as with `f64::max`.
+#[inline(always)]
+fn max(a: f64, b: f64) -> f64 {
+    if a > b { a } else { b }
+}
+
+/// `a.min(b)` likewise, `b` never NaN.
+#[inline(always)]
+fn min(a: f64, b: f64) -> f64 {
+    if a < b { a } else { b }
+}
+
 /// The queue of an endpoint with a fresh scrape: the engine's waiting requests plus those sent
 /// since the scrape. Under `infergate`, never less than the requests this gateway has outstanding
 /// there beyond what the engine says it is running: those wait where the engine's metrics cannot
@@ -72,12 +86,12 @@ pub(super) struct Lane {
 /// way looks *less* loaded to its own metrics, since its engine is admitting less. For a healthy
 /// pod the two agree (what this gateway has outstanding is running, waiting, or on its way).
 fn known_queue(v: &EndpointView<'_>, waiting: f64, infergate: bool) -> f64 {
-    let reported = waiting.max(0.0) + f64::from(v.picks_since_scrape);
+    let reported = max(waiting, 0.0) + f64::from(v.picks_since_scrape);
     if !infergate {
         return reported;
     }
-    let unseen = f64::from(v.inflight) - v.running.unwrap_or(0.0).max(0.0);
-    reported.max(unseen)
+    let unseen = f64::from(v.inflight) - max(v.running.unwrap_or(0.0), 0.0);
+    max(reported, unseen)
 }
 
 impl Lane {
@@ -99,7 +113,10 @@ impl Lane {
         if !self.q.is_nan() {
             self.q
         } else if st.known > 0 {
-            (st.mean_known_q + self.inflight - st.mean_known_inflight).max(0.0)
+            max(
+                st.mean_known_q + self.inflight - st.mean_known_inflight,
+                0.0,
+            )
         } else {
             self.inflight
         }
@@ -113,7 +130,7 @@ impl Lane {
         if self.kv.is_nan() {
             st.unknown_kv
         } else {
-            (self.kv + st.kv_per_request * self.picks).min(1.0)
+            min(self.kv + st.kv_per_request * self.picks, 1.0)
         }
     }
 }
@@ -125,8 +142,8 @@ fn load_estimate(v: &EndpointView<'_>) -> f64 {
     match v.waiting {
         Some(w) => {
             let scraped =
-                w.max(0.0) + v.running.unwrap_or(0.0).max(0.0) + f64::from(v.picks_since_scrape);
-            scraped.max(inflight)
+                max(w, 0.0) + max(v.running.unwrap_or(0.0), 0.0) + f64::from(v.picks_since_scrape);
+            max(scraped, inflight)
         }
         None => inflight,
     }
@@ -164,7 +181,7 @@ struct Scored {
 /// in-flight terms are both of the form `w / (1 + x)`; they are summed over one common
 /// denominator, so an endpoint costs one division instead of two.
 fn score(l: &Lane, st: &Stats, w: &PickerWeights, bal: Balance) -> Scored {
-    let kv = 1.0 - l.kv_use(st).clamp(0.0, 1.0);
+    let kv = 1.0 - min(max(l.kv_use(st), 0.0), 1.0);
     // queue = 1 / dq, in-flight = 1 / di: w.queue / dq + w.inflight / di, over dq * di.
     let dq = 1.0 + l.queue(st) * st.inv_q_ref;
     if !st.infergate {
@@ -270,7 +287,7 @@ impl<'f> Totals<'f> {
         let picks = f64::from(v.picks_since_scrape);
         let load = load_estimate(v);
         self.sum_inf += inflight;
-        self.min_load = self.min_load.min(load);
+        self.min_load = min(self.min_load, load);
         let q = match v.waiting {
             Some(w) => {
                 let q = known_queue(v, w, self.infergate);
@@ -284,13 +301,13 @@ impl<'f> Totals<'f> {
         // A NaN from a broken scrape counts as unknown, not as a number that poisons the sums.
         let kv = match v.kv_usage.filter(|kv| !kv.is_nan()) {
             Some(kv) => {
-                let kv = kv.clamp(0.0, 1.0);
+                let kv = min(max(kv, 0.0), 1.0);
                 self.kv_n += 1;
                 self.sum_kv += kv;
                 self.sum_kv_picks += picks;
                 if let Some(r) = v.running {
                     self.sum_kv_running += kv;
-                    self.sum_running += r.max(0.0);
+                    self.sum_running += max(r, 0.0);
                 }
                 kv
             }
@@ -298,7 +315,7 @@ impl<'f> Totals<'f> {
         };
         let (prefix_raw, lora) = if self.infergate {
             (
-                f64::from(v.prefix_blocks).min(self.blocks) * self.inv_blocks,
+                min(f64::from(v.prefix_blocks), self.blocks) * self.inv_blocks,
                 lora_score(v, self.lora),
             )
         } else {
@@ -371,12 +388,12 @@ pub(super) fn pick_scored(snap: &PoolSnapshot<'_>, totals: &Totals<'_>) -> Pick 
     for part in [&lanes[split..], &lanes[..split]] {
         for l in part {
             let p = score(l, &st, w, bal);
-            max_prefix = max_prefix.max(p.prefix);
-            min_prefix = min_prefix.min(p.prefix);
-            max_lora = max_lora.max(p.lora);
-            min_lora = min_lora.min(p.lora);
+            max_prefix = max(max_prefix, p.prefix);
+            min_prefix = min(min_prefix, p.prefix);
+            max_lora = max(max_lora, p.lora);
+            min_lora = min(min_lora, p.lora);
             if p.prefix < p.prefix_raw {
-                max_suppressed = max_suppressed.max(p.prefix_raw);
+                max_suppressed = max(max_suppressed, p.prefix_raw);
             }
             if best.is_none_or(|(_, b)| p.score > b.score) {
                 best = Some((l.index, p));
