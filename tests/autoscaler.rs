@@ -5,34 +5,13 @@
 mod autoscale_support;
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use autoscale_support::*;
-use common::Proc;
+use common::{ConfigFile, Proc};
 
 const MODEL: &str = "sim-llama-3-8b";
 const POOL: &str = "sim";
-
-/// A config file in a fresh temp path (removed on drop).
-struct ConfigFile(PathBuf);
-
-impl ConfigFile {
-    fn new(tag: &str, text: &str) -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "infergate-autoscaler-{tag}-{}.yaml",
-            std::process::id()
-        ));
-        std::fs::write(&path, text).expect("write config");
-        ConfigFile(path)
-    }
-}
-
-impl Drop for ConfigFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
 
 const CONFIG: &str = r#"
 autoscaler:
@@ -52,7 +31,7 @@ pools:
 "#;
 
 fn autoscaler(config: &ConfigFile, extra: &[&str]) -> Proc {
-    let path = config.0.to_str().expect("utf-8 temp path");
+    let path = config.path.to_str().expect("utf-8 temp path");
     let mut args = vec![
         "autoscaler",
         "--config",
@@ -167,7 +146,7 @@ fn a_config_without_autoscaled_pools_is_refused() {
         "pools:\n  - {name: p, models: [m], discovery: {static: {endpoints: []}}}\n",
     );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_infergate"))
-        .args(["autoscaler", "--config", config.0.to_str().unwrap()])
+        .args(["autoscaler", "--config", config.path.to_str().unwrap()])
         .args(["--actuator", "local", "--admin-listen", "127.0.0.1:0"])
         .output()
         .expect("run infergate");
@@ -261,14 +240,14 @@ pools:
         &[
             "autoscaler",
             "--config",
-            config.0.to_str().unwrap(),
+            config.path.to_str().unwrap(),
             "--actuator",
             "kubernetes",
             "--admin-listen",
             "127.0.0.1:0",
         ],
         &[
-            ("KUBECONFIG", kubeconfig.0.to_str().unwrap()),
+            ("KUBECONFIG", kubeconfig.path.to_str().unwrap()),
             ("POD_NAME", "autoscaler-0"),
         ],
         &["autoscaler"],

@@ -6,7 +6,7 @@ mod common;
 mod upstream;
 
 use bytes::Bytes;
-use common::Proc;
+use common::{ConfigFile, Proc, TempDir};
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper::body::Incoming;
@@ -95,7 +95,7 @@ const CHAT: &str = r#"{"model":"m","messages":[{"role":"system","content":"Be br
 const CHAT_STREAM: &str = r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Say hello"}]}"#;
 
 /// A config file for one pool `p` serving `m` over `endpoints`, with short test timings.
-fn write_config(name: &str, endpoints: &[String], extra_gateway: &str) -> std::path::PathBuf {
+fn write_config(name: &str, endpoints: &[String], extra_gateway: &str) -> ConfigFile {
     let list = endpoints
         .iter()
         .map(|e| format!("\"{e}\""))
@@ -116,12 +116,7 @@ pools:
     discovery: {{ static: {{ endpoints: [{list}] }} }}
 "#
     );
-    let path = std::env::temp_dir().join(format!(
-        "infergate-gateway-test-{}-{name}.yaml",
-        std::process::id()
-    ));
-    std::fs::write(&path, yaml).expect("write config");
-    path
+    ConfigFile::new(name, &yaml)
 }
 
 fn spawn_gateway(config: &std::path::Path) -> Proc {
@@ -599,10 +594,8 @@ async fn sigterm_drains_an_in_flight_stream_then_exits_zero() {
 
 #[test]
 fn a_bad_config_exits_non_zero_naming_the_field() {
-    let path = std::env::temp_dir().join(format!(
-        "infergate-gateway-test-{}-bad.yaml",
-        std::process::id()
-    ));
+    let dir = TempDir::new("gateway-test");
+    let path = dir.0.join("bad.yaml");
     std::fs::write(
         &path,
         "gateway:\n  flow:\n    saturation_kv: 2.0\npools:\n  - name: p\n    models: [m]\n    discovery: { static: { endpoints: [\"http://127.0.0.1:1\"] } }\n",

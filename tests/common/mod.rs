@@ -129,6 +129,30 @@ impl Drop for TempDir {
     }
 }
 
+/// A file written in its own [`TempDir`], removed with it when dropped: a config a child process
+/// reads. Keep it alive until the process has read it. Derefs to its path.
+pub struct ConfigFile {
+    _dir: TempDir,
+    pub path: std::path::PathBuf,
+}
+
+impl ConfigFile {
+    /// Writes `text` to a file named `tag.yaml` in a fresh temporary directory.
+    pub fn new(tag: &str, text: &str) -> ConfigFile {
+        let dir = TempDir::new(tag);
+        let path = dir.0.join(format!("{tag}.yaml"));
+        std::fs::write(&path, text).expect("write config");
+        ConfigFile { _dir: dir, path }
+    }
+}
+
+impl std::ops::Deref for ConfigFile {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
 /// Runs `infergate <args>` to its end and returns its output. Past `within` it gets SIGINT (its
 /// Ctrl-C, so it can stop children of its own), then SIGKILL 5 s later, and the test fails with
 /// what it printed.
