@@ -6,7 +6,7 @@ mod common;
 mod upstream;
 
 use bytes::Bytes;
-use common::{ConfigFile, Proc, TempDir};
+use common::{ConfigFile, Proc};
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper::body::Incoming;
@@ -594,22 +594,19 @@ async fn sigterm_drains_an_in_flight_stream_then_exits_zero() {
 
 #[test]
 fn a_bad_config_exits_non_zero_naming_the_field() {
-    let dir = TempDir::new("gateway-test");
-    let path = dir.0.join("bad.yaml");
-    std::fs::write(
-        &path,
+    let config = ConfigFile::new(
+        "bad",
         "gateway:\n  flow:\n    saturation_kv: 2.0\npools:\n  - name: p\n    models: [m]\n    discovery: { static: { endpoints: [\"http://127.0.0.1:1\"] } }\n",
-    )
-    .expect("write");
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_infergate"))
         .args(["gateway", "--config"])
-        .arg(&path)
+        .arg(&config.path)
         .output()
         .expect("run");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("gateway.flow.saturation_kv"), "{stderr}");
-    assert!(stderr.contains(path.to_str().expect("utf-8")), "{stderr}");
+    assert!(stderr.contains(config.path.to_str().expect("utf-8")), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
