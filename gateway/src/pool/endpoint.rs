@@ -80,16 +80,12 @@ impl Endpoint {
         self.load.load_full()
     }
 
-    /// The last good scrape's queue, running count, KV use and time, read without locks.
-    /// (Fields of two consecutive scrapes may mix for an instant: harmless for a heuristic.)
-    pub(crate) fn scalars(&self) -> LoadScalars {
+    /// The last good scrape's queue, running count and KV use, read without locks, and when it
+    /// was taken, as [`ticks`] (0 = never scraped): ages are compared in integer nanoseconds
+    /// ([`age_ns`]), not by rebuilding an `Instant` per endpoint per pick. (Fields of two
+    /// consecutive scrapes may mix for an instant: harmless for a heuristic.)
+    pub(crate) fn scalars(&self) -> (LoadScalars, u64) {
         self.hot.read()
-    }
-
-    /// [`Endpoint::scalars`] with the scrape's instant left as [`ticks`] (0 = never scraped):
-    /// the pick compares ages in integer nanoseconds instead of rebuilding 64 `Instant`s.
-    pub(crate) fn scalars_ticks(&self) -> (LoadScalars, u64) {
-        self.hot.read_ticks()
     }
 
     /// Failed scrapes since the endpoint appeared.
@@ -198,8 +194,6 @@ pub(crate) struct LoadScalars {
     pub waiting: Option<f64>,
     pub running: Option<f64>,
     pub kv_usage: Option<f64>,
-    /// `None` until the first good scrape.
-    pub taken_at: Option<Instant>,
 }
 
 /// The words of an endpoint that every pick reads (or, for the counters, writes), together on
@@ -259,14 +253,8 @@ impl Hot {
         self.taken_at.store(ticks(l.taken_at), Relaxed);
     }
 
-    fn read(&self) -> LoadScalars {
-        let (scalars, t) = self.read_ticks();
-        scalars.with_ticks(t)
-    }
-
-    /// The scalars without `taken_at`, and the raw stamp (nanoseconds since [`epoch`] plus one;
-    /// 0 = never scraped).
-    fn read_ticks(&self) -> (LoadScalars, u64) {
+    /// The scalars, and the raw stamp (nanoseconds since [`epoch`] plus one; 0 = never scraped).
+    fn read(&self) -> (LoadScalars, u64) {
         let value = |a: &AtomicU64| {
             let b = a.load(Relaxed);
             (b != NONE_BITS).then(|| f64::from_bits(b))
@@ -276,18 +264,14 @@ impl Hot {
             waiting: value(&self.waiting),
             running: value(&self.running),
             kv_usage: value(&self.kv),
-            taken_at: None,
         };
         (scalars, t)
     }
 }
 
-impl LoadScalars {
-    /// Fills `taken_at` from a stamp of [`Hot::read_ticks`].
-    fn with_ticks(mut self, t: u64) -> LoadScalars {
-        self.taken_at = (t != 0).then(|| epoch() + Duration::from_nanos(t - 1));
-        self
-    }
+/// How long ago a scrape stamped `stamp` (a [`ticks`] value, 0 = never) was taken, at `now_ticks`.
+pub(crate) fn age_ns(stamp: u64, now_ticks: u64) -> Option<u64> {
+    (stamp != 0).then(|| now_ticks.saturating_sub(stamp))
 }
 
 /// `now` in the stamps' scale: nanoseconds since [`epoch`] plus one, like a stamp taken now.
@@ -408,8 +392,8 @@ mod tests {
     #[test]
     fn scalars_follow_the_last_scrape() {
         let e = Endpoint::new(EndpointId(1), &DiscoveredEndpoint::ready("http://a:1"));
-        assert_eq!(e.scalars().taken_at, None);
-        assert_eq!(e.scalars().waiting, None);
+        assert_eq!(e.scalars().1, 0, "never scraped");
+        assert_eq!(e.scalars().0.waiting, None);
         let taken_at = Instant::now() - Duration::from_secs(30);
         e.record_scrape(
             ScrapedLoad {
@@ -424,18 +408,14 @@ mod tests {
             },
             0,
         );
-        let s = e.scalars();
+        let (s, stamp) = e.scalars();
         assert_eq!(
             (s.waiting, s.running, s.kv_usage),
             (Some(3.0), None, Some(0.5))
         );
-        let back = s.taken_at.expect("taken");
-        let diff = if back > taken_at {
-            back - taken_at
-        } else {
-            taken_at - back
-        };
-        assert!(diff < Duration::from_micros(1), "{diff:?}");
+        assert_eq!(stamp, ticks(taken_at));
+        let age = age_ns(stamp, ticks(taken_at + Duration::from_secs(30))).expect("scraped");
+        assert_eq!(age, 30_000_000_000);
     }
 
     #[test]

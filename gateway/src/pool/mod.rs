@@ -201,11 +201,8 @@ impl Pool {
 
     /// How usable `ep` is at `now`.
     pub fn health(&self, ep: &Endpoint, now: Instant) -> EndpointHealth {
-        let age = ep
-            .scalars()
-            .taken_at
-            .map(|t| nanos(now.saturating_duration_since(t)));
-        self.health_at(ep, age, now)
+        let (_, stamp) = ep.scalars();
+        self.health_at(ep, endpoint::age_ns(stamp, endpoint::ticks(now)), now)
     }
 
     /// [`Pool::health`] for an endpoint whose last good scrape is `age_ns` nanoseconds old
@@ -345,9 +342,8 @@ impl Pool {
         now_ticks: u64,
         load: Option<&'a ScrapedLoad>,
     ) -> EndpointView<'a> {
-        let (scalars, t) = e.scalars_ticks();
-        let age_ns = (t != 0).then(|| now_ticks.saturating_sub(t));
-        let h = self.health_at(e, age_ns, now);
+        let (scalars, stamp) = e.scalars();
+        let h = self.health_at(e, endpoint::age_ns(stamp, now_ticks), now);
         let fresh = !h.stale;
         let lora = load.filter(|_| fresh).map(|l| &l.lora);
         EndpointView {
