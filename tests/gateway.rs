@@ -606,7 +606,10 @@ fn a_bad_config_exits_non_zero_naming_the_field() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("gateway.flow.saturation_kv"), "{stderr}");
-    assert!(stderr.contains(config.path.to_str().expect("utf-8")), "{stderr}");
+    assert!(
+        stderr.contains(config.path.to_str().expect("utf-8")),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
