@@ -288,17 +288,12 @@ fn rotated_best(len: usize, start: usize, mut score: impl FnMut(usize) -> Option
     best.map(|(i, _)| i).unwrap_or(0)
 }
 
-/// The indexes `0..len` starting at [`rotation_start`] and wrapping around: the scan order that
-/// makes ties rotate.
-fn rotated(len: usize, cursor: usize) -> impl Iterator<Item = usize> {
-    let start = rotation_start(len, cursor);
+/// The indexes `0..len` starting at `start % len` and wrapping around: the scan order that makes
+/// ties rotate. One division per pick, not one per endpoint (an integer division costs as much
+/// as the rest of an endpoint's score).
+fn rotated(len: usize, start: usize) -> impl Iterator<Item = usize> {
+    let start = if len == 0 { 0 } else { start % len };
     (start..len).chain(0..start)
-}
-
-/// Where a scan of `len` endpoints starts for the round-robin `cursor`. One division per pick,
-/// not one per endpoint (an integer division costs as much as the rest of an endpoint's score).
-fn rotation_start(len: usize, cursor: usize) -> usize {
-    if len == 0 { 0 } else { cursor % len }
 }
 
 #[cfg(test)]

@@ -373,7 +373,9 @@ pub(super) fn pick_scored(snap: &PoolSnapshot<'_>, totals: &Totals<'_>) -> Pick 
     // The scan starts at the cursor's endpoint and wraps, so that ties rotate: the lanes are in
     // endpoint order, and those from the cursor on come first.
     let lanes = &totals.lanes[..totals.n];
-    let start = super::rotation_start(snap.endpoints.len(), snap.rr_cursor);
+    let start = super::rotated(snap.endpoints.len(), snap.rr_cursor)
+        .next()
+        .unwrap_or(0);
     let split = lanes.partition_point(|l| l.index < start);
 
     // One pass: the best score, and the spread of the affinity scores (an affinity only explains
