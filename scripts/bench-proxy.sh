@@ -7,7 +7,8 @@
 # Phases: 0. the machine's scheduling floor (`bench_client jitter`: how late an idle thread wakes);
 # 1. closed loop, wrk; 2. open loop at half of infergate's wrk peak (`bench_client rate`: wrk2's
 # method, latency from each request's scheduled time; OPEN_REPS interleaved rounds of direct,
-# infergate, nginx, medians reported); 3. concurrent SSE streams.
+# infergate, nginx, medians reported); 3. concurrent SSE streams, their starts staggered over one
+# event interval and then all at once (a burst).
 #
 #   scripts/bench-proxy.sh            # wrk at 2 threads / 64 connections 5 s; open loop 7 rounds of 3 s
 #   NO_BUILD=1 PIN=1 PRIO=rt scripts/bench-proxy.sh   # the setting of docs/BENCHMARKS.md's 19:04 runs
@@ -254,14 +255,20 @@ for t in direct "${gateways[@]}" nginx; do
   RCPU[$t]=${O[client_cpu_pct,$t,med]}; RP99S[$t]=$(IFS=,; echo "${p99s[*]}"); RSTEAL[$t]=$(IFS=,; echo "${steals[*]}")
 done
 
+# Two starts (bench_client's SseStart): staggered, the streams' events spread evenly over each
+# interval (what the path adds to one event); burst, all streams' events at once (how long a
+# burst of $STREAMS events takes to drain).
 declare -A SP50 SP99 SDONE
-for target in direct "${gateways[@]}"; do
-  case $target in direct) a=$up ;; infergate) a=$gw ;; baseline) a=$base ;; esac
-  log "$STREAMS concurrent SSE streams via $target ($CHUNKS chunks, ${INTERVAL_MS} ms apart)"
-  line=$("${cli[@]}" "$ex/bench_client" sse "http://$a/v1/chat/completions" "$STREAMS" "$CHUNKS" "$INTERVAL_MS")
-  SP50[$target]=$(sed -n 's/.*p50_us=\([0-9]*\).*/\1/p' <<<"$line")
-  SP99[$target]=$(sed -n 's/.*p99_us=\([0-9]*\).*/\1/p' <<<"$line")
-  SDONE[$target]=$(sed -n 's/.*complete=\([0-9]*\).*/\1/p' <<<"$line")
+for mode in staggered burst; do
+  flag=(); [ $mode = burst ] && flag=(--burst)
+  for target in direct "${gateways[@]}" nginx; do
+    case $target in direct) a=$up ;; infergate) a=$gw ;; baseline) a=$base ;; nginx) a=$ngx ;; esac
+    log "$STREAMS concurrent SSE streams via $target ($CHUNKS chunks, ${INTERVAL_MS} ms apart, $mode)"
+    line=$("${cli[@]}" "$ex/bench_client" sse "http://$a/v1/chat/completions" "$STREAMS" "$CHUNKS" "$INTERVAL_MS" "${flag[@]}")
+    SP50[$target,$mode]=$(sed -n 's/.*p50_us=\([0-9]*\).*/\1/p' <<<"$line")
+    SP99[$target,$mode]=$(sed -n 's/.*p99_us=\([0-9]*\).*/\1/p' <<<"$line")
+    SDONE[$target,$mode]=$(sed -n 's/.*complete=\([0-9]*\).*/\1/p' <<<"$line")
+  done
 done
 
 echo
@@ -302,11 +309,14 @@ else
   echo "open loop: NOT VALID: in some round the client sent more than 0.5% of requests >1 ms late by its own fault, or saw errors (see the log above)"
 fi
 echo
-echo "$STREAMS concurrent SSE streams, $CHUNKS chunks ${INTERVAL_MS} ms apart (chunk delivery delay, send -> receive):"
-printf '| %-9s | %9s | %8s | %8s | %14s |\n' target complete "p50 us" "p99 us" "p99 added us"
-printf '|%s|%s|%s|%s|%s|\n' ----------- ----------- ---------- ---------- ----------------
-for t in direct "${gateways[@]}"; do
-  printf '| %-9s | %9s | %8s | %8s | %14s |\n' "$t" "${SDONE[$t]}" "${SP50[$t]}" "${SP99[$t]}" "$(( ${SP99[$t]} - ${SP99[direct]} ))"
+echo "$STREAMS concurrent SSE streams, $CHUNKS chunks ${INTERVAL_MS} ms apart (chunk delivery delay, send -> receive; staggered: starts spread over one interval; burst: all at once):"
+printf '| %-9s | %-9s | %9s | %8s | %8s | %14s |\n' target start complete "p50 us" "p99 us" "p99 added us"
+printf '|%s|%s|%s|%s|%s|%s|\n' ----------- ----------- ----------- ---------- ---------- ----------------
+for mode in staggered burst; do
+  for t in direct "${gateways[@]}" nginx; do
+    printf '| %-9s | %-9s | %9s | %8s | %8s | %14s |\n' "$t" "$mode" "${SDONE[$t,$mode]}" "${SP50[$t,$mode]}" "${SP99[$t,$mode]}" \
+      "$(( ${SP99[$t,$mode]} - ${SP99[direct,$mode]} ))"
+  done
 done
 echo
 summary="summary:"
@@ -315,8 +325,9 @@ for t in direct "${gateways[@]}" nginx; do
   summary+=" ${t}_open_p50_added=${RADD50[$t]} ${t}_open_p90_added=${RADD90[$t]} ${t}_open_added_clean=${RCLEAN[$t]}"
   summary+=" ${t}_open_p50=${RP50[$t]} ${t}_open_achieved=${RACH[$t]} ${t}_open_late_client=${RLATE[$t]} ${t}_open_late_backlog=${RBACK[$t]}"
 done
-for t in direct "${gateways[@]}"; do
-  summary+=" ${t}_sse_p99=${SP99[$t]} ${t}_sse_added=$(( ${SP99[$t]} - ${SP99[direct]} ))"
+for t in direct "${gateways[@]}" nginx; do
+  summary+=" ${t}_sse_p99=${SP99[$t,staggered]} ${t}_sse_added=$(( ${SP99[$t,staggered]} - ${SP99[direct,staggered]} ))"
+  summary+=" ${t}_sse_burst_p99=${SP99[$t,burst]} ${t}_sse_burst_added=$(( ${SP99[$t,burst]} - ${SP99[direct,burst]} ))"
 done
 load1=${load_after#*load average: }; load1=${load1%%,*}
 summary+=" open_clean_rounds=${#clean_rounds[@]} open_rounds=$OPEN_REPS others_cpu_pct=$others_pct ours_cpu_pct=$ours_pct steal_pct=$steal_pct"

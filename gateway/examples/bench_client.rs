@@ -11,9 +11,10 @@
 //!   PERIOD_US (default 100) the way `rate` does, and reports how late it woke. The floor of the
 //!   machine's scheduling noise, for reading the `rate` figures (a VM's vCPU can stall for ms).
 //!   Prints `wakes p50_us p99_us p999_us max_us late late_pct` (late: more than 1 ms).
-//! - `bench_client sse URL STREAMS CHUNKS INTERVAL_MS`: that many concurrent SSE streams from
-//!   `echo_upstream`; each event carries its send time, so receive minus send is the delivery
-//!   delay of every chunk. Prints `streams=... chunks=... p50_us p99_us max_us`.
+//! - `bench_client sse URL STREAMS CHUNKS INTERVAL_MS [--burst]`: that many concurrent SSE
+//!   streams from `echo_upstream`; each event carries its send time, so receive minus send is the
+//!   delivery delay of every chunk. The streams start spread evenly over one interval, or all at
+//!   once with `--burst` (see `SseStart`). Prints `streams=... chunks=... p50_us p99_us max_us`.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -444,14 +445,40 @@ fn now_nanos() -> u128 {
         .unwrap_or(0)
 }
 
-async fn sse(client: C, url: String, streams: usize, chunks: u64, interval_ms: u64) {
+/// How the `sse` mode starts its streams.
+#[derive(Clone, Copy, PartialEq)]
+enum SseStart {
+    /// Stream `i` starts `i * interval / streams` after the first: the streams' events are spread
+    /// evenly over each interval, as for streams that began at different moments (the steady
+    /// state of a pool serving that many). The delay then is what the path adds to one event.
+    Staggered,
+    /// Every stream starts at once, so the streams' events come in bursts of `streams` events
+    /// every interval: the delay of a burst's last event is the time to drain the burst.
+    Burst,
+}
+
+async fn sse(
+    client: C,
+    url: String,
+    streams: usize,
+    chunks: u64,
+    interval_ms: u64,
+    start: SseStart,
+) {
     let lat = Arc::new(Mutex::new(Vec::with_capacity(streams * chunks as usize)));
     let complete = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(streams);
-    for _ in 0..streams {
+    let t0 = tokio::time::Instant::now();
+    let gap = Duration::from_millis(interval_ms) / streams.max(1) as u32;
+    for i in 0..streams {
         let (client, url, lat, complete) =
             (client.clone(), url.clone(), lat.clone(), complete.clone());
+        let due = match start {
+            SseStart::Staggered => t0 + gap * i as u32,
+            SseStart::Burst => t0,
+        };
         tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(due).await;
             let req = hyper::Request::post(&url)
                 .header("content-type", "application/json")
                 .header("x-chunks", chunks.to_string())
@@ -506,7 +533,7 @@ async fn sse(client: C, url: String, streams: usize, chunks: u64, interval_ms: u
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage = "usage: bench_client rate URL RPS SECONDS [--conns N] [--warmup SECONDS] \
-                 [--poisson] | jitter SECONDS [PERIOD_US] | sse URL STREAMS CHUNKS INTERVAL_MS";
+                 [--poisson] | jitter SECONDS [PERIOD_US] | sse URL STREAMS CHUNKS INTERVAL_MS [--burst]";
     let arg = |i: usize| args.get(i).and_then(|a| a.parse::<f64>().ok());
     match args.get(1).map(String::as_str) {
         Some("jitter") => match (arg(2), args.get(3).map_or(Some(100.0), |_| arg(3))) {
@@ -538,7 +565,20 @@ fn main() {
                 let client: C = Client::builder(TokioExecutor::new())
                     .pool_max_idle_per_host(4096)
                     .build(connector);
-                sse(client, args[2].clone(), num(3) as usize, num(4), num(5)).await
+                let start = if args.iter().any(|a| a == "--burst") {
+                    SseStart::Burst
+                } else {
+                    SseStart::Staggered
+                };
+                sse(
+                    client,
+                    args[2].clone(),
+                    num(3) as usize,
+                    num(4),
+                    num(5),
+                    start,
+                )
+                .await
             });
         }
         _ => {
