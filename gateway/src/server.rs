@@ -39,7 +39,7 @@ use crate::discovery::kubernetes::SliceDiscovery;
 use crate::discovery::{EndpointSet, static_endpoints};
 use crate::flow::FlowControl;
 use crate::pool::Pool;
-use crate::proxy::{PoolCapacity, PoolRoute, Proxy, UpstreamClient, upstream_client};
+use crate::proxy::{PoolCapacity, PoolRoute, Proxy, Upstreams, upstream_client};
 use crate::telemetry::{Metrics, PoolsCollector};
 
 /// What the gateway is started with.
@@ -167,7 +167,7 @@ impl Gateway {
                 .collect(),
         )));
         let metrics = Arc::new(metrics);
-        let proxy = Arc::new(Proxy::new(&config, routes, &metrics, client));
+        let proxy = Arc::new(Proxy::new(&config, routes, &metrics));
 
         let workers = worker_count(g.workers);
         let listeners = async {
@@ -372,8 +372,8 @@ fn spawn_worker(
                     .set_nonblocking(true)
                     .and_then(|()| TcpListener::from_std(listener));
                 match registered {
-                    // The worker's own client: its connections are driven by this thread.
-                    Ok(listener) => serve_data(listener, upstream_client(), shared).await,
+                    // The worker's own upstream connections, driven by this thread.
+                    Ok(listener) => serve_data(listener, Upstreams::new(), shared).await,
                     Err(e) => tracing::error!(worker = i, error = %e, "data listener unusable"),
                 }
             });
@@ -401,8 +401,8 @@ fn local_addr(
 }
 
 /// One worker's share of the data port: HTTP/1.1 and h2c on its listener, at most
-/// `max_connections` at once across all workers, upstream through `client`.
-async fn serve_data(listener: TcpListener, client: UpstreamClient, shared: DataShared) {
+/// `max_connections` at once across all workers, upstream through `upstreams`.
+async fn serve_data(listener: TcpListener, upstreams: Arc<Upstreams>, shared: DataShared) {
     let DataShared {
         proxy,
         limits,
@@ -419,6 +419,7 @@ async fn serve_data(listener: TcpListener, client: UpstreamClient, shared: DataS
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     let hard_stop = CancellationToken::new();
+    let sweeper = tokio::spawn(upstreams.clone().sweep_every(IDLE_SWEEP));
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p {
@@ -441,11 +442,11 @@ async fn serve_data(listener: TcpListener, client: UpstreamClient, shared: DataS
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
-        let client = client.clone();
+        let upstreams = upstreams.clone();
         let service = service_fn(move |req| {
             let proxy = proxy.clone();
-            let client = client.clone();
-            async move { Ok::<_, Infallible>(proxy.handle_via(&client, req).await) }
+            let upstreams = upstreams.clone();
+            async move { Ok::<_, Infallible>(proxy.handle_via(&upstreams, req).await) }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
@@ -482,7 +483,11 @@ async fn serve_data(listener: TcpListener, client: UpstreamClient, shared: DataS
             hard_stop.cancel();
         }
     }
+    sweeper.abort();
 }
+
+/// How often a worker closes its upstream connections that have idled too long.
+const IDLE_SWEEP: Duration = Duration::from_secs(30);
 
 /// The admin port, until `stop`.
 async fn serve_admin(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {

@@ -21,6 +21,10 @@ use crate::scrape::ScrapedLoad;
 pub struct Endpoint {
     id: EndpointId,
     url: String,
+    /// Where to connect: the URL's `host:port` (port 80 when the URL has none).
+    connect_addr: String,
+    /// The `Host` header of requests sent here (the URL's authority).
+    host: http::HeaderValue,
     name: Option<String>,
     label: String,
     /// Everything a pick reads, on one cache line.
@@ -38,8 +42,14 @@ impl Endpoint {
             .name
             .clone()
             .unwrap_or_else(|| host_port(&url).to_string());
+        let authority = host_port(&url);
+        let host = http::HeaderValue::from_str(authority)
+            .unwrap_or_else(|_| http::HeaderValue::from_static("localhost"));
+        let connect_addr = with_default_port(authority);
         Endpoint {
             id,
+            connect_addr,
+            host,
             url,
             name: d.name.clone(),
             label,
@@ -54,6 +64,16 @@ impl Endpoint {
     /// Base URL, no trailing slash, e.g. `http://10.0.0.7:8000`.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// `host:port` to open connections to.
+    pub fn connect_addr(&self) -> &str {
+        &self.connect_addr
+    }
+
+    /// The `Host` header for requests sent here.
+    pub fn host_header(&self) -> &http::HeaderValue {
+        &self.host
     }
 
     pub fn id(&self) -> EndpointId {
@@ -299,6 +319,19 @@ fn host_port(url: &str) -> &str {
     rest.split('/').next().unwrap_or(rest)
 }
 
+/// `host:port` with port 80 when `authority` names none (`host`, `[::1]`).
+fn with_default_port(authority: &str) -> String {
+    let has_port = match authority.rfind(']') {
+        Some(end) => authority[end..].contains(':'),
+        None => authority.contains(':'),
+    };
+    if has_port {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    }
+}
+
 /// Consecutive-failure outlier detection with exponential back-off, after Envoy's.
 #[derive(Debug, Default)]
 ///
@@ -387,6 +420,19 @@ mod tests {
         );
         d.name = Some("vllm-0".into());
         assert_eq!(Endpoint::new(EndpointId(1), &d).label(), "vllm-0");
+    }
+
+    #[test]
+    fn connect_address_and_host_header_come_from_the_url() {
+        let at = |url: &str| Endpoint::new(EndpointId(1), &DiscoveredEndpoint::ready(url));
+        let e = at("http://10.0.0.7:8000/");
+        assert_eq!(e.connect_addr(), "10.0.0.7:8000");
+        assert_eq!(e.host_header(), "10.0.0.7:8000");
+        let e = at("http://model-server");
+        assert_eq!(e.connect_addr(), "model-server:80");
+        assert_eq!(e.host_header(), "model-server");
+        assert_eq!(at("http://[::1]:9000").connect_addr(), "[::1]:9000");
+        assert_eq!(at("http://[::1]").connect_addr(), "[::1]:80");
     }
 
     #[test]

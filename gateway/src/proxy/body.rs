@@ -22,6 +22,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use super::error::sse_error_events;
+use super::upstream::Lease;
 use super::usage::{SseUsageWatcher, Usage, body_usage};
 use crate::pool::InflightGuard;
 use crate::telemetry::{ModelMetrics, PoolMetrics};
@@ -105,6 +106,9 @@ pub struct ObservedBody {
     ahead: VecDeque<Option<Result<Frame<Bytes>, hyper::Error>>>,
     watch: Watch,
     account: Accounting,
+    /// The upstream connection, handed back when the body ends cleanly (dropped, so closed,
+    /// otherwise).
+    lease: Option<Lease>,
     first_byte: bool,
     finished: bool,
 }
@@ -128,8 +132,22 @@ impl ObservedBody {
             ahead: VecDeque::new(),
             watch,
             account,
+            lease: None,
             first_byte: false,
             finished: false,
+        }
+    }
+
+    /// Holds the connection `inner` arrives on until the body's clean end.
+    pub fn lending(mut self, lease: Lease) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// The upstream body has ended cleanly: its connection may carry another request.
+    fn release(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release();
         }
     }
 
@@ -246,12 +264,14 @@ impl Body for ObservedBody {
                 }
                 // The server may stop polling once the length is reached: account now.
                 if this.at_end() {
+                    this.release();
                     let status = this.account.status;
                     this.finish(status, status < 500);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(e)) => {
+                this.lease = None;
                 this.account.pool.upstream_error("stream");
                 let status = this.account.status;
                 tracing::warn!(error = %e, "upstream failed mid-answer");
@@ -268,6 +288,7 @@ impl Body for ObservedBody {
                 }
             }
             None => {
+                this.release();
                 let status = this.account.status;
                 this.finish(status, status < 500);
                 Poll::Ready(None)

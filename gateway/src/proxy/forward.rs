@@ -15,12 +15,16 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use super::error::{ErrorKind, ProxyError};
+use super::upstream::{Lease, Upstreams};
+use crate::pool::Endpoint;
 
-/// The pooled upstream client: keep-alive HTTP/1.1 to model servers.
+/// The scrapers' pooled client: keep-alive HTTP/1.1 to the model servers' `/metrics`. (The data
+/// path has its own per-worker connections, [`Upstreams`].)
 pub type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
 
 /// A client tuned for many long-lived keep-alive connections to a few endpoints.
@@ -49,34 +53,32 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name.as_str() == "proxy-connection"
 }
 
-/// The upstream request: same method, path, query, headers (less hop-by-hop ones, Host and
-/// Content-Length, which the client recomputes) and the original body bytes.
+/// The upstream request: same method, path, query, headers (less hop-by-hop ones and
+/// Content-Length, which hyper recomputes from the body) and the original body bytes, with the
+/// endpoint's `Host`. The URI stays in origin form (`/v1/...?...`), as HTTP/1.1 sends it.
 pub fn upstream_request(
     method: &http::Method,
     uri: &Uri,
     headers: &HeaderMap,
-    base_url: &str,
+    endpoint: &Endpoint,
     body: Bytes,
-) -> Result<Request<Full<Bytes>>, ProxyError> {
-    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut target = String::with_capacity(base_url.len() + pq.len());
-    target.push_str(base_url);
-    target.push_str(pq);
-    let uri: Uri = target.parse().map_err(|e| {
-        ProxyError::new(ErrorKind::Internal, format!("bad upstream URL `{target}`")).with_cause(e)
-    })?;
+) -> Request<Full<Bytes>> {
     let mut req = Request::new(Full::new(body));
     *req.method_mut() = method.clone();
-    *req.uri_mut() = uri;
+    *req.uri_mut() = match uri.path_and_query() {
+        Some(pq) => Uri::from(pq.clone()),
+        None => Uri::from_static("/"),
+    };
     *req.version_mut() = Version::HTTP_11;
     let out = req.headers_mut();
     out.reserve(headers.len());
+    out.insert(header::HOST, endpoint.host_header().clone());
     for (name, value) in headers {
         if !is_hop_by_hop(name) && name != header::HOST && name != header::CONTENT_LENGTH {
             out.append(name.clone(), value.clone());
         }
     }
-    Ok(req)
+    req
 }
 
 /// Removes the upstream's hop-by-hop headers from an answer before it is passed on.
@@ -97,20 +99,23 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// What one attempt came to.
 pub enum Attempt {
-    /// The endpoint answered (any status); its head is here, its body not yet read.
-    Answered(Response<Incoming>),
+    /// The endpoint answered (any status); its head is here, its body not yet read, and the
+    /// connection is lent until that body ends.
+    Answered(Response<Incoming>, Lease),
     /// Failed before any answer byte.
     Failed(ProxyError, &'static str),
 }
 
-/// Sends one attempt and waits at most `first_byte_timeout` for the answer's head.
+/// Sends one attempt over `upstreams` and waits at most `first_byte_timeout` for the answer's
+/// head (connecting included).
 pub async fn attempt(
-    client: &UpstreamClient,
+    upstreams: &Arc<Upstreams>,
+    endpoint: &Arc<Endpoint>,
     req: Request<Full<Bytes>>,
     first_byte_timeout: Duration,
 ) -> Attempt {
-    match tokio::time::timeout(first_byte_timeout, client.request(req)).await {
-        Ok(Ok(resp)) => Attempt::Answered(resp),
+    match tokio::time::timeout(first_byte_timeout, upstreams.send(endpoint, req)).await {
+        Ok(Ok((resp, lease))) => Attempt::Answered(resp, lease),
         Ok(Err(e)) if e.is_connect() => Attempt::Failed(
             ProxyError::new(
                 ErrorKind::UpstreamConnect,
@@ -197,16 +202,20 @@ mod tests {
         h.insert(header::AUTHORIZATION, "Bearer x".parse().expect("hv"));
         h.insert("x-infergate-priority", "critical".parse().expect("hv"));
         let uri: Uri = "/v1/completions?a=1".parse().expect("uri");
+        let endpoint = Endpoint::new(
+            crate::picker::EndpointId(1),
+            &crate::discovery::DiscoveredEndpoint::ready("http://10.0.0.1:8000"),
+        );
         let req = upstream_request(
             &http::Method::POST,
             &uri,
             &h,
-            "http://10.0.0.1:8000",
+            &endpoint,
             Bytes::from_static(b"abc"),
-        )
-        .expect("request");
-        assert_eq!(req.uri(), "http://10.0.0.1:8000/v1/completions?a=1");
-        assert!(req.headers().get(header::HOST).is_none());
+        );
+        assert_eq!(req.uri(), "/v1/completions?a=1");
+        assert_eq!(req.headers()[header::HOST], "10.0.0.1:8000");
+        assert_eq!(req.headers().get_all(header::HOST).iter().count(), 1);
         assert!(req.headers().get(header::CONNECTION).is_none());
         assert!(req.headers().get(header::CONTENT_LENGTH).is_none());
         assert_eq!(req.headers()[header::AUTHORIZATION], "Bearer x");

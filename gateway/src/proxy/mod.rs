@@ -21,6 +21,7 @@ pub mod error;
 pub mod forward;
 pub mod request;
 pub mod route;
+pub mod upstream;
 pub mod usage;
 
 use bytes::Bytes;
@@ -43,6 +44,7 @@ pub use body::GatewayBody;
 pub use error::{ErrorKind, ErrorSource, ProxyError};
 pub use forward::{UpstreamClient, upstream_client};
 pub use route::{Api, Routes, Target};
+pub use upstream::Upstreams;
 
 /// The header naming the endpoint that served the request.
 pub const ENDPOINT_HEADER: &str = "x-infergate-endpoint";
@@ -100,7 +102,8 @@ pub struct Proxy {
     /// For requests that never reached a pool (bad path, bad JSON, unknown model).
     unrouted: Arc<ModelMetrics>,
     unrouted_pool: Arc<PoolMetrics>,
-    client: UpstreamClient,
+    /// Upstream connections for [`Proxy::handle`] (workers bring their own).
+    upstreams: Arc<Upstreams>,
     limits: LimitsConfig,
     retry: RetryConfig,
     prefix: PrefixConfig,
@@ -112,12 +115,7 @@ pub const UNROUTED: &str = "none";
 
 impl Proxy {
     /// The data path over `pools` (in the configuration's order).
-    pub fn new(
-        config: &Config,
-        pools: Vec<PoolRoute>,
-        metrics: &Metrics,
-        client: UpstreamClient,
-    ) -> Proxy {
+    pub fn new(config: &Config, pools: Vec<PoolRoute>, metrics: &Metrics) -> Proxy {
         let routes = Routes::new(
             config
                 .pools
@@ -142,7 +140,7 @@ impl Proxy {
             model_metrics,
             unrouted,
             unrouted_pool,
-            client,
+            upstreams: Upstreams::new(),
             limits: g.limits.clone(),
             retry: g.retry.clone(),
             prefix: g.picker.prefix.clone(),
@@ -154,17 +152,17 @@ impl Proxy {
         &self.pools
     }
 
-    /// Serves one request to its one answer, upstream through the proxy's own client.
+    /// Serves one request to its one answer, upstream through the proxy's own connections.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<GatewayBody> {
-        self.handle_via(&self.client, req).await
+        self.handle_via(&self.upstreams, req).await
     }
 
-    /// Serves one request to its one answer, upstream through `client`. A data-plane worker
-    /// passes its own thread's client, so the request's upstream connection is driven by the
-    /// same thread as its client connection (no cross-thread wake-ups per body chunk).
+    /// Serves one request to its one answer, upstream through `upstreams`. A data-plane worker
+    /// passes its own, so the request's upstream connection is driven by the same thread as its
+    /// client connection (no cross-thread wake-ups per body chunk).
     pub async fn handle_via(
         &self,
-        client: &UpstreamClient,
+        upstreams: &Arc<Upstreams>,
         req: Request<Incoming>,
     ) -> Response<GatewayBody> {
         let mut ctx = RequestCtx {
@@ -173,7 +171,7 @@ impl Proxy {
             pool: self.unrouted_pool.clone(),
             answered: false,
         };
-        match self.serve(client, req, &mut ctx).await {
+        match self.serve(upstreams, req, &mut ctx).await {
             Ok(Answer::Upstream(resp)) => {
                 ctx.answered = true;
                 resp
@@ -196,7 +194,7 @@ impl Proxy {
 
     async fn serve(
         &self,
-        client: &UpstreamClient,
+        upstreams: &Arc<Upstreams>,
         req: Request<Incoming>,
         ctx: &mut RequestCtx,
     ) -> Result<Answer, ProxyError> {
@@ -228,11 +226,11 @@ impl Proxy {
         };
         route.metrics.picked(admitted.reason.as_str());
         // 5. forward
-        let (resp, admitted) = self
-            .forward(client, route, &parts, body, &facts, admitted)
+        let (resp, lease, admitted) = self
+            .forward(upstreams, route, &parts, body, &facts, admitted)
             .await?;
         // 6. respond
-        Ok(Answer::Upstream(respond(resp, admitted, ctx).await))
+        Ok(Answer::Upstream(respond(resp, lease, admitted, ctx).await))
     }
 
     /// The facts phase: the body's fields, the model's pool, the picker's facts.
@@ -287,13 +285,13 @@ impl Proxy {
     /// The forward phase, with retries on other endpoints before the first answer byte.
     async fn forward(
         &self,
-        client: &UpstreamClient,
+        upstreams: &Arc<Upstreams>,
         route: &PoolRoute,
         parts: &Parts,
         body: Bytes,
         facts: &RequestFacts,
         mut current: Admitted,
-    ) -> Result<(Response<Incoming>, Admitted), ProxyError> {
+    ) -> Result<(Response<Incoming>, upstream::Lease, Admitted), ProxyError> {
         let mut tried: Vec<EndpointId> = Vec::new();
         let mut retries = 0;
         loop {
@@ -301,23 +299,29 @@ impl Proxy {
                 &parts.method,
                 &parts.uri,
                 &parts.headers,
-                current.endpoint.url(),
+                &current.endpoint,
                 body.clone(),
-            )?;
-            let outcome = forward::attempt(client, req, self.limits.first_byte_timeout).await;
+            );
+            let outcome = forward::attempt(
+                upstreams,
+                &current.endpoint,
+                req,
+                self.limits.first_byte_timeout,
+            )
+            .await;
             let (failure, kind, answer) = match outcome {
-                forward::Attempt::Answered(resp)
+                forward::Attempt::Answered(resp, lease)
                     if !forward::is_retryable_status(resp.status()) =>
                 {
-                    return Ok((resp, current));
+                    return Ok((resp, lease, current));
                 }
-                forward::Attempt::Answered(resp) => {
+                forward::Attempt::Answered(resp, lease) => {
                     let kind = if resp.status() == StatusCode::BAD_GATEWAY {
                         "status_502"
                     } else {
                         "status_503"
                     };
-                    (None, kind, Some(resp))
+                    (None, kind, Some((resp, lease)))
                 }
                 forward::Attempt::Failed(e, kind) => (Some(e), kind, None),
             };
@@ -350,7 +354,7 @@ impl Proxy {
                     current = next;
                 }
                 // No other endpoint: the 502/503 answer is the answer.
-                (None, Some(resp), _) => return Ok((resp, current)),
+                (None, Some((resp, lease)), _) => return Ok((resp, lease, current)),
                 (None, None, Some(e)) => {
                     current.guard.failure();
                     return Err(e);
@@ -456,6 +460,7 @@ fn json_response(body: Bytes) -> Response<Bytes> {
 /// unless it is a stream: [`body::ObservedBody::prefetch`]).
 async fn respond(
     resp: Response<Incoming>,
+    lease: upstream::Lease,
     admitted: Admitted,
     ctx: &mut RequestCtx,
 ) -> Response<GatewayBody> {
@@ -489,7 +494,7 @@ async fn respond(
         status: parts.status.as_u16(),
         guard: Some(admitted.guard),
     };
-    let mut observed = body::ObservedBody::new(incoming, sse, json_len, account);
+    let mut observed = body::ObservedBody::new(incoming, sse, json_len, account).lending(lease);
     // From here the body accounts for the request (also if the client leaves during the wait).
     ctx.answered = true;
     if !sse {

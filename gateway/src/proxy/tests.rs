@@ -47,7 +47,7 @@ fn proxy() -> Proxy {
             }
         })
         .collect();
-    Proxy::new(&config, routes, &metrics, upstream_client())
+    Proxy::new(&config, routes, &metrics)
 }
 
 fn parts(priority: Option<&str>) -> Parts {

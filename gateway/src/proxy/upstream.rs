@@ -1,0 +1,356 @@
+//! Keep-alive HTTP/1.1 connections to the model servers, one set per data-plane worker.
+//!
+//! Why not hyper-util's pooled client, which the gateway used before: per request it goes
+//! through a checkout future, a pool lock shared by every host with a SipHash of the host key,
+//! an absolute URL built and parsed again, and for HTTP/1 a task spawned to put the connection
+//! back once the answer ends. Here the data path itself knows when an answer ends (its body's
+//! last frame, [`super::body::ObservedBody`]), so it hands the connection back then, and a
+//! request takes the newest idle connection to its endpoint: no task per request, one lookup in
+//! a map that only this worker's thread touches. Each worker has its own [`Upstreams`], so a
+//! connection is driven by the thread that serves its client (see `server.rs`).
+//!
+//! A connection is reused only after an answer ended cleanly. An answer cut short (the client
+//! left, a timeout, an error) drops its connection, which closes it: for a model server, closing
+//! is how a generation is cancelled.
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+use crate::pool::Endpoint;
+
+/// How long to wait for a TCP connection to a model server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// TCP keepalive probes start after this much silence (a pod that vanished without a FIN).
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// An idle connection older than this is closed by the next sweep.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// At most this many idle connections per endpoint per worker: a burst's connections beyond it
+/// are closed when their answers end.
+const MAX_IDLE_PER_ENDPOINT: usize = 1024;
+
+type Sender = http1::SendRequest<Full<Bytes>>;
+
+/// Why a request could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection: the request never left (safe to send elsewhere).
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot connect to {addr}: no answer within {timeout:?}")]
+    ConnectTimeout { addr: String, timeout: Duration },
+    /// The connection failed after the request may have left.
+    #[error("{0}")]
+    Protocol(#[source] hyper::Error),
+}
+
+impl SendError {
+    /// Whether the request surely never reached the model server.
+    pub fn is_connect(&self) -> bool {
+        !matches!(self, SendError::Protocol(_))
+    }
+}
+
+/// One idle connection and when it became idle.
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+/// One worker's upstream connections, by endpoint URL.
+#[derive(Default)]
+pub struct Upstreams {
+    /// Newest last (taken first: a few warm connections serve a steady load, the rest age out).
+    idle: Mutex<HashMap<String, Vec<Idle>>>,
+}
+
+impl std::fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let idle: usize = self.idle.lock().values().map(Vec::len).sum();
+        f.debug_struct("Upstreams").field("idle", &idle).finish()
+    }
+}
+
+/// A connection lent to one request, until its answer ends.
+pub struct Lease {
+    sender: Sender,
+    endpoint: Arc<Endpoint>,
+    upstreams: Arc<Upstreams>,
+}
+
+impl Lease {
+    /// The answer has ended cleanly: the connection may carry the next request.
+    pub fn release(self) {
+        self.upstreams.put(&self.endpoint, self.sender);
+    }
+}
+
+impl Upstreams {
+    pub fn new() -> Arc<Upstreams> {
+        Arc::new(Upstreams::default())
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set) to `endpoint` on an idle connection, or on a
+    /// new one, and waits for the answer's head. The caller bounds the wait.
+    pub async fn send(
+        self: &Arc<Self>,
+        endpoint: &Arc<Endpoint>,
+        mut req: Request<Full<Bytes>>,
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        // An idle connection the server has closed meanwhile hands the request back unsent.
+        while let Some(mut sender) = self.take(endpoint) {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, self.lease(sender, endpoint))),
+                Err(mut e) => match e.take_message() {
+                    Some(back) => req = back,
+                    None => return Err(SendError::Protocol(e.into_error())),
+                },
+            }
+        }
+        let mut sender = connect(endpoint.connect_addr()).await?;
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok((resp, self.lease(sender, endpoint))),
+            Err(e) => Err(SendError::Protocol(e.into_error())),
+        }
+    }
+
+    fn lease(self: &Arc<Self>, sender: Sender, endpoint: &Arc<Endpoint>) -> Lease {
+        Lease {
+            sender,
+            endpoint: endpoint.clone(),
+            upstreams: self.clone(),
+        }
+    }
+
+    fn take(&self, endpoint: &Endpoint) -> Option<Sender> {
+        let mut idle = self.idle.lock();
+        let list = idle.get_mut(endpoint.url())?;
+        while let Some(Idle { sender, .. }) = list.pop() {
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn put(&self, endpoint: &Endpoint, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock();
+        let list = match idle.get_mut(endpoint.url()) {
+            Some(list) => list,
+            None => idle.entry(endpoint.url().to_string()).or_default(),
+        };
+        if list.len() < MAX_IDLE_PER_ENDPOINT {
+            list.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Closes connections idle for longer than the idle timeout or closed by their server, and
+    /// forgets endpoints with none left (an endpoint that left discovery leaves no trace).
+    pub fn sweep(&self) {
+        self.sweep_older_than(IDLE_TIMEOUT);
+    }
+
+    fn sweep_older_than(&self, max_idle: Duration) {
+        let now = Instant::now();
+        let mut idle = self.idle.lock();
+        idle.retain(|_, list| {
+            list.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < max_idle);
+            !list.is_empty()
+        });
+    }
+
+    /// Sweeps every `period` until the worker's runtime stops.
+    pub async fn sweep_every(self: Arc<Self>, period: Duration) {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.sweep();
+        }
+    }
+
+    /// Idle connections held now.
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().values().map(Vec::len).sum()
+    }
+}
+
+/// A new connection to `addr` (`host:port`), driven by a task on the current runtime.
+async fn connect(addr: &str) -> Result<Sender, SendError> {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(source)) => {
+            return Err(SendError::Connect {
+                addr: addr.to_string(),
+                source,
+            });
+        }
+        Err(_) => {
+            return Err(SendError::ConnectTimeout {
+                addr: addr.to_string(),
+                timeout: CONNECT_TIMEOUT,
+            });
+        }
+    };
+    // Small requests and SSE events must leave at once, not wait for Nagle.
+    let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
+    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(SendError::Protocol)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Over real loopback connections to an in-process hyper server that counts the connections
+    //! it accepts.
+    use super::*;
+    use crate::discovery::DiscoveredEndpoint;
+    use crate::picker::EndpointId;
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A server answering "ok"; with `close`, each answer also closes its connection.
+    async fn server(close: bool) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                    assert_eq!(req.uri(), "/v1/models");
+                    let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
+                    if close {
+                        resp.headers_mut()
+                            .insert(http::header::CONNECTION, "close".parse().expect("hv"));
+                    }
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc),
+                );
+            }
+        });
+        (url, accepted)
+    }
+
+    fn endpoint(url: &str) -> Arc<Endpoint> {
+        Arc::new(Endpoint::new(
+            EndpointId(1),
+            &DiscoveredEndpoint::ready(url),
+        ))
+    }
+
+    fn request(ep: &Endpoint) -> Request<Full<Bytes>> {
+        let mut req = Request::get("/v1/models")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        req.headers_mut()
+            .insert(http::header::HOST, ep.host_header().clone());
+        req
+    }
+
+    /// One exchange; the body is read to its end, then the lease released or dropped.
+    async fn exchange(up: &Arc<Upstreams>, ep: &Arc<Endpoint>, release: bool) {
+        let (resp, lease) = up.send(ep, request(ep)).await.expect("send");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(body, "ok");
+        if release {
+            lease.release();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_released_connection_carries_the_next_request() {
+        let (url, accepted) = server(false).await;
+        let (up, ep) = (Upstreams::new(), endpoint(&url));
+        for _ in 0..5 {
+            exchange(&up, &ep, true).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(up.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_not_released_is_not_reused() {
+        let (url, accepted) = server(false).await;
+        let (up, ep) = (Upstreams::new(), endpoint(&url));
+        exchange(&up, &ep, false).await;
+        exchange(&up, &ep, false).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(up.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_connection_its_server_closed_is_replaced_without_an_error() {
+        let (url, accepted) = server(true).await;
+        let (up, ep) = (Upstreams::new(), endpoint(&url));
+        for _ in 0..3 {
+            exchange(&up, &ep, true).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let (up, ep) = (
+            Upstreams::new(),
+            endpoint(&format!("http://127.0.0.1:{port}")),
+        );
+        let err = up.send(&ep, request(&ep)).await.err().expect("refused");
+        assert!(err.is_connect(), "{err}");
+        assert!(
+            err.to_string().contains(&format!("127.0.0.1:{port}")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sweep_closes_idle_connections_and_forgets_their_endpoint() {
+        let (url, _) = server(false).await;
+        let (up, ep) = (Upstreams::new(), endpoint(&url));
+        exchange(&up, &ep, true).await;
+        up.sweep();
+        assert_eq!(up.idle_count(), 1, "young: kept");
+        up.sweep_older_than(Duration::ZERO);
+        assert_eq!(up.idle_count(), 0);
+        assert!(up.idle.lock().is_empty());
+    }
+}
