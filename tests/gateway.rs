@@ -352,6 +352,64 @@ async fn refuses_bad_requests_with_openai_errors_without_bothering_the_upstream(
     assert_eq!(post(&api, CHAT, &[]).await.status, 200);
 }
 
+/// Sends a chunked POST over a raw connection, one chunk per write with a pause between, so
+/// that the gateway reads the body as several frames; returns the answer's status line.
+async fn post_chunked(addr: std::net::SocketAddr, path: &str, chunks: &[&[u8]]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n\
+         transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.expect("head");
+    for chunk in chunks {
+        s.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .await
+            .expect("size");
+        s.write_all(chunk).await.expect("chunk");
+        s.write_all(b"\r\n").await.expect("crlf");
+        s.flush().await.expect("flush");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    // The gateway may answer 413 and close before the last chunk: a failed write is fine.
+    let _ = s.write_all(b"0\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    answer.lines().next().unwrap_or("").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_is_joined_byte_for_byte_and_bounded_without_a_length() {
+    let up = upstream::start().await;
+    let cfg = write_config("chunked", &[up.url()], "");
+    let gw = spawn_gateway(&cfg);
+    let addr = gw.addr("gateway");
+    let (a, b) = CHAT.as_bytes().split_at(20);
+    let (b, c) = b.split_at(30);
+    let status = post_chunked(addr, "/v1/chat/completions", &[a, b, c]).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(
+        up.state.bodies.lock().expect("lock")[0],
+        Bytes::from_static(CHAT.as_bytes()),
+        "joined unchanged"
+    );
+    // Over the 64 KiB limit with no Content-Length to refuse it early: 413 once it is read.
+    let part = vec![b'x'; 30 * 1024];
+    let status = post_chunked(
+        addr,
+        "/v1/completions",
+        &[b"{\"prompt\":\"", &part, &part, &part],
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 413"), "{status}");
+    assert_eq!(
+        up.state.requests.load(Ordering::SeqCst),
+        1,
+        "the big one never left"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_dying_mid_stream_ends_the_stream_with_an_error_event() {
     let up = upstream::start().await;

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::flow::FlowControl;
+use crate::picker::PickReason;
 use crate::pool::Pool;
 use crate::proxy::PoolCapacity;
 
@@ -129,19 +130,16 @@ impl ModelMetrics {
 pub struct PoolMetrics {
     pub name: Name,
     pub retries: Counter,
-    picks: Family<ReasonLabels, Counter>,
+    /// One counter per [`PickReason`], by its index, made with the pool: a pick counts without
+    /// a label lookup (a lock and a hash of the labels per request).
+    picks: [Counter; PickReason::ALL.len()],
     shed: Family<ReasonLabels, Counter>,
     upstream_errors: Family<KindLabels, Counter>,
 }
 
 impl PoolMetrics {
-    pub fn picked(&self, reason: &'static str) {
-        self.picks
-            .get_or_create(&ReasonLabels {
-                pool: self.name.clone(),
-                reason,
-            })
-            .inc();
+    pub fn picked(&self, reason: PickReason) {
+        self.picks[reason.index()].inc();
     }
 
     pub fn shed(&self, reason: &'static str) {
@@ -290,7 +288,12 @@ impl Metrics {
             retries: self
                 .retries
                 .get_or_create_owned(&PoolLabels { pool: name.clone() }),
-            picks: self.picks.clone(),
+            picks: PickReason::ALL.map(|reason| {
+                self.picks.get_or_create_owned(&ReasonLabels {
+                    pool: name.clone(),
+                    reason: reason.as_str(),
+                })
+            }),
             shed: self.shed.clone(),
             upstream_errors: self.upstream_errors.clone(),
             name,
@@ -514,7 +517,7 @@ mod tests {
         model.ttft.observe(0.05);
         model.prompt_tokens.inc_by(12);
         model.completion_tokens.inc_by(7);
-        pool.picked("least-loaded");
+        pool.picked(PickReason::LeastLoaded);
         pool.shed("timeout");
         pool.retries.inc();
         pool.upstream_error("connect");
@@ -528,7 +531,8 @@ mod tests {
             r#"infergate_time_to_first_token_seconds_bucket{le="0.05",pool="p",model="llama"} 1"#,
             r#"infergate_prompt_tokens_total{pool="p",model="llama"} 12"#,
             r#"infergate_completion_tokens_total{pool="p",model="llama"} 7"#,
-            r#"infergate_picks_total{pool="p",reason="least-loaded"} 1"#,
+            r#"infergate_picks_total{pool="p",reason="least_loaded"} 1"#,
+            r#"infergate_picks_total{pool="p",reason="prefix_affinity"} 0"#,
             r#"infergate_shed_requests_total{pool="p",reason="timeout"} 1"#,
             r#"infergate_retries_total{pool="p"} 1"#,
             r#"infergate_upstream_errors_total{pool="p",kind="connect"} 1"#,

@@ -145,6 +145,11 @@ impl PickReason {
         PickReason::OnlyCandidate,
     ];
 
+    /// The reason's place in [`PickReason::ALL`] (which lists them in declaration order).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             PickReason::RoundRobin => "round_robin",

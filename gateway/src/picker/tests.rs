@@ -270,3 +270,10 @@ fn requests_stuck_before_the_engine_count_as_queue() {
         0
     );
 }
+
+#[test]
+fn a_reason_index_is_its_place_in_all() {
+    for (i, reason) in PickReason::ALL.into_iter().enumerate() {
+        assert_eq!(reason.index(), i, "{reason:?}");
+    }
+}

@@ -27,6 +27,8 @@ pub struct Endpoint {
     host: http::HeaderValue,
     name: Option<String>,
     label: String,
+    /// `label` as the `x-infergate-endpoint` answer header (none if it cannot be one).
+    label_header: Option<http::HeaderValue>,
     /// Everything a pick reads, on one cache line.
     hot: Hot,
     load: ArcSwapOption<ScrapedLoad>,
@@ -52,6 +54,7 @@ impl Endpoint {
             host,
             url,
             name: d.name.clone(),
+            label_header: http::HeaderValue::from_str(&label).ok(),
             label,
             hot: Hot::new(d),
             load: ArcSwapOption::empty(),
@@ -88,6 +91,11 @@ impl Endpoint {
     /// For metric labels: the pod name, else `host:port`.
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// [`Endpoint::label`] as a header value, made once.
+    pub fn label_header(&self) -> Option<&http::HeaderValue> {
+        self.label_header.as_ref()
     }
 
     /// Requests this gateway has outstanding here now.

@@ -24,10 +24,11 @@ pub mod route;
 pub mod upstream;
 pub mod usage;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
+use http_body::Body as _;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use infergate_config::{Config, LimitsConfig, PrefixConfig, RetryConfig};
 use std::collections::HashMap;
@@ -224,7 +225,7 @@ impl Proxy {
                 return Err(shed_error(shed, urgency));
             }
         };
-        route.metrics.picked(admitted.reason.as_str());
+        route.metrics.picked(admitted.reason);
         // 5. forward
         let (resp, lease, admitted) = self
             .forward(upstreams, route, &parts, body, &facts, admitted)
@@ -350,7 +351,7 @@ impl Proxy {
                     current.guard.failure();
                     retries += 1;
                     route.metrics.retries.inc();
-                    route.metrics.picked(next.reason.as_str());
+                    route.metrics.picked(next.reason);
                     current = next;
                 }
                 // No other endpoint: the 502/503 answer is the answer.
@@ -405,8 +406,10 @@ impl Drop for RequestCtx {
     }
 }
 
-/// The read phase: the whole body, bounded.
-async fn read_body(parts: &Parts, body: Incoming, max: usize) -> Result<Bytes, ProxyError> {
+/// The read phase: the whole body, bounded. Most bodies arrive as one frame (hyper hands over
+/// what one read brought): that frame's bytes are the body, no copy and no list of frames;
+/// more frames are joined.
+async fn read_body(parts: &Parts, mut body: Incoming, max: usize) -> Result<Bytes, ProxyError> {
     let too_large = || {
         ProxyError::new(
             ErrorKind::BodyTooLarge,
@@ -422,14 +425,38 @@ async fn read_body(parts: &Parts, body: Incoming, max: usize) -> Result<Bytes, P
     {
         return Err(too_large());
     }
-    match Limited::new(body, max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(ProxyError::new(
-            ErrorKind::BodyRead,
-            format!("could not read the request body: {e}"),
-        )),
+    let mut first = Bytes::new();
+    let mut joined: Option<BytesMut> = None;
+    while !body.is_end_stream() {
+        let Some(frame) = body.frame().await else {
+            break;
+        };
+        let frame = frame.map_err(|e| {
+            ProxyError::new(
+                ErrorKind::BodyRead,
+                format!("could not read the request body: {e}"),
+            )
+        })?;
+        // Trailers carry nothing to forward in a JSON API: dropped.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let len = first.len() + joined.as_ref().map_or(0, |j| j.len()) + data.len();
+        if len > max {
+            return Err(too_large());
+        }
+        match &mut joined {
+            Some(j) => j.extend_from_slice(&data),
+            None if first.is_empty() => first = data,
+            None => {
+                let mut j = BytesMut::with_capacity(len);
+                j.extend_from_slice(&first);
+                j.extend_from_slice(&data);
+                joined = Some(j);
+            }
+        }
     }
+    Ok(joined.map_or(first, BytesMut::freeze))
 }
 
 fn shed_error(shed: Shed, urgency: Urgency) -> ProxyError {
@@ -466,8 +493,8 @@ async fn respond(
 ) -> Response<GatewayBody> {
     let (mut parts, incoming) = resp.into_parts();
     forward::strip_hop_by_hop(&mut parts.headers);
-    if let Ok(v) = HeaderValue::from_str(admitted.endpoint.label()) {
-        parts.headers.insert(ENDPOINT_HEADER, v);
+    if let Some(v) = admitted.endpoint.label_header() {
+        parts.headers.insert(ENDPOINT_HEADER, v.clone());
     }
     let content_type = parts
         .headers
