@@ -5,12 +5,13 @@
 # run it by hand (it takes two to three minutes), and copy the tables into docs/BENCHMARKS.md.
 #
 # Phases: 0. the machine's scheduling floor (`bench_client jitter`: how late an idle thread wakes);
-# 1. closed loop, wrk; 2. open loop at half of infergate's wrk peak (`bench_client rate`: wrk2's
+# 1. closed loop, wrk, interleaved rounds; 2. open loop at half of infergate's wrk peak (`bench_client rate`: wrk2's
 # method, latency from each request's scheduled time; OPEN_REPS interleaved rounds of direct,
 # infergate, nginx, medians reported); 3. concurrent SSE streams, their starts staggered over one
 # event interval and then all at once (a burst).
 #
-#   scripts/bench-proxy.sh            # wrk at 2 threads / 64 connections 5 s; open loop 7 rounds of 3 s
+#   scripts/bench-proxy.sh            # wrk at 2 threads / 64 connections, 3 rounds of 5 s; open loop 7 rounds of 3 s
+#   WRK_ROUNDS=5 scripts/bench-proxy.sh   # more interleaved closed-loop rounds
 #   NO_BUILD=1 PIN=1 PRIO=rt scripts/bench-proxy.sh   # the setting of docs/BENCHMARKS.md's 19:04 runs
 #   DURATION=10 CONNS=128 STREAMS=1000 scripts/bench-proxy.sh
 #   NO_BUILD=1 scripts/bench-proxy.sh   # use the release binaries already in target/
@@ -36,9 +37,11 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 DURATION=${DURATION:-5}
 THREADS=${THREADS:-2}
+WRK_ROUNDS=${WRK_ROUNDS:-3}
 CONNS=${CONNS:-64}
 STREAMS=${STREAMS:-1000}
 CHUNKS=${CHUNKS:-20}
+BURST_CHUNKS=${BURST_CHUNKS:-60}
 INTERVAL_MS=${INTERVAL_MS:-50}
 WORKERS=${WORKERS:-0}
 BASELINE_BIN=${BASELINE_BIN:-}
@@ -173,17 +176,38 @@ log "scheduling floor: bench_client jitter 3 (an idle thread waking every 100 us
 jit=$("${cli[@]}" "$ex/bench_client" jitter 3)
 kv() { sed -n "s/.*\b$1=\([0-9.a-z]*\).*/\1/p" <<<"$2"; }
 
-declare -A RPS P50 P99 BAD
+# WRK_ROUNDS interleaved rounds (each target once per round, in turn), so that a slow spell of a
+# shared machine falls on every target alike; each figure is the median over the rounds, and the
+# ratio to nginx the median of the per-round ratios.
+declare -A RPS P50 P99 BAD W
 for target in direct "${gateways[@]}" nginx; do
   case $target in direct) a=$up ;; infergate) a=$gw ;; baseline) a=$base ;; nginx) a=$ngx ;; esac
-  log "wrk $target: ${THREADS} threads, ${CONNS} connections, ${DURATION}s"
   "${cli[@]}" wrk -t1 -c4 -d1s -s "$tmp/post.lua" "http://$a/v1/chat/completions" >/dev/null  # warm-up
-  read -r r p50 p99 bad < <(run_wrk "http://$a")
-  RPS[$target]=$r; P50[$target]=$p50; P99[$target]=$p99; BAD[$target]=$bad
+done
+for round in $(seq 1 "$WRK_ROUNDS"); do
+  for target in direct "${gateways[@]}" nginx; do
+    case $target in direct) a=$up ;; infergate) a=$gw ;; baseline) a=$base ;; nginx) a=$ngx ;; esac
+    log "wrk round $round/$WRK_ROUNDS, $target: ${THREADS} threads, ${CONNS} connections, ${DURATION}s"
+    read -r r p50 p99 bad < <(run_wrk "http://$a")
+    W[rps,$target,$round]=$r; W[p50,$target,$round]=$p50; W[p99,$target,$round]=$p99
+    BAD[$target]=$(( ${BAD[$target]:-0} + bad ))
+    log "  req/s $r, p50 $p50 us, p99 $p99 us"
+  done
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END { if (NR % 2) print a[(NR+1)/2]; else printf "%.0f\n", (a[NR/2]+a[NR/2+1])/2 }'; }
+declare -A RATIO RPS_ALL
+for target in direct "${gateways[@]}" nginx; do
+  rs=(); p50s=(); p99s=(); ratios=()
+  for round in $(seq 1 "$WRK_ROUNDS"); do
+    rs+=("${W[rps,$target,$round]}"); p50s+=("${W[p50,$target,$round]}"); p99s+=("${W[p99,$target,$round]}")
+    ratios+=("$(awk -v a="${W[rps,$target,$round]}" -v b="${W[rps,nginx,$round]}" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')")
+  done
+  RPS[$target]=$(median "${rs[@]}"); P50[$target]=$(median "${p50s[@]}"); P99[$target]=$(median "${p99s[@]}")
+  RATIO[$target]=$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END { if (NR % 2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2 }')
+  RPS_ALL[$target]=$(IFS=,; echo "${rs[*]}")
 done
 
 half=$(( ${RPS[infergate]} / 2 ))
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END { if (NR % 2) print a[(NR+1)/2]; else printf "%.0f\n", (a[NR/2]+a[NR/2+1])/2 }'; }
 open_args=(--conns "$OPEN_CONNS" --warmup "$WARMUP")
 [ -n "$POISSON" ] && open_args+=(--poisson)
 # CPU accounting over phase 2, to state how busy the machine was with other work: machine-wide
@@ -258,16 +282,21 @@ done
 # Two starts (bench_client's SseStart): staggered, the streams' events spread evenly over each
 # interval (what the path adds to one event); burst, all streams' events at once (how long a
 # burst of $STREAMS events takes to drain).
-declare -A SP50 SP99 SDONE
+# Figures count the events sent while all streams were open (bench_client's window: the ramp,
+# when the path also opens $STREAMS connections, is reported apart). A burst start opens every
+# connection at once, so its ramp is longer: its streams carry $BURST_CHUNKS events.
+declare -A SP50 SP99 SDONE SN SALL SRAMP
 for mode in staggered burst; do
-  flag=(); [ $mode = burst ] && flag=(--burst)
+  flag=(); n=$CHUNKS
+  [ $mode = burst ] && flag=(--burst) && n=$BURST_CHUNKS
   for target in direct "${gateways[@]}" nginx; do
     case $target in direct) a=$up ;; infergate) a=$gw ;; baseline) a=$base ;; nginx) a=$ngx ;; esac
-    log "$STREAMS concurrent SSE streams via $target ($CHUNKS chunks, ${INTERVAL_MS} ms apart, $mode)"
-    line=$("${cli[@]}" "$ex/bench_client" sse "http://$a/v1/chat/completions" "$STREAMS" "$CHUNKS" "$INTERVAL_MS" "${flag[@]}")
-    SP50[$target,$mode]=$(sed -n 's/.*p50_us=\([0-9]*\).*/\1/p' <<<"$line")
-    SP99[$target,$mode]=$(sed -n 's/.*p99_us=\([0-9]*\).*/\1/p' <<<"$line")
-    SDONE[$target,$mode]=$(sed -n 's/.*complete=\([0-9]*\).*/\1/p' <<<"$line")
+    log "$STREAMS concurrent SSE streams via $target ($n chunks, ${INTERVAL_MS} ms apart, $mode)"
+    line=$("${cli[@]}" "$ex/bench_client" sse "http://$a/v1/chat/completions" "$STREAMS" "$n" "$INTERVAL_MS" "${flag[@]}")
+    log "  $line"
+    SP50[$target,$mode]=$(kv p50_us "$line"); SP99[$target,$mode]=$(kv p99_us "$line")
+    SDONE[$target,$mode]=$(kv complete "$line"); SN[$target,$mode]=$(kv chunks "$line")
+    SALL[$target,$mode]=$(kv all_p99_us "$line"); SRAMP[$target,$mode]=$(kv ramp_ms "$line")
   done
 done
 
@@ -283,11 +312,11 @@ fi
 echo "priority: ${prio[*]:-default (SCHED_OTHER, nice 0)}"
 echo "scheduling floor (idle thread, 100 us period, 3 s): p50 $(kv p50_us "$jit") us, p99 $(kv p99_us "$jit") us, max $(kv max_us "$jit") us, late >1 ms $(kv late_pct "$jit")%"
 echo
-echo "Closed loop (wrk -t$THREADS -c$CONNS -d${DURATION}s, 1 KiB JSON POST -> 1 KiB JSON):"
-printf '| %-9s | %9s | %8s | %8s | %7s |\n' target "req/s" "p50 us" "p99 us" non-2xx
-printf '|%s|%s|%s|%s|%s|\n' ----------- ----------- ---------- ---------- ---------
+echo "Closed loop (wrk -t$THREADS -c$CONNS -d${DURATION}s, 1 KiB JSON POST -> 1 KiB JSON; medians of $WRK_ROUNDS interleaved rounds; vs nginx: median of the per-round ratios):"
+printf '| %-9s | %9s | %8s | %8s | %8s | %-26s | %7s |\n' target "req/s" "vs nginx" "p50 us" "p99 us" "req/s per round" non-2xx
+printf '|%s|%s|%s|%s|%s|%s|%s|\n' ----------- ----------- ---------- ---------- ---------- ---------------------------- ---------
 for t in direct "${gateways[@]}" nginx; do
-  printf '| %-9s | %9s | %8s | %8s | %7s |\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "${BAD[$t]}"
+  printf '| %-9s | %9s | %8s | %8s | %8s | %-26s | %7s |\n' "$t" "${RPS[$t]}" "${RATIO[$t]}" "${P50[$t]}" "${P99[$t]}" "${RPS_ALL[$t]}" "${BAD[$t]}"
 done
 echo
 echo "Open loop at half of infergate's peak ($half req/s, $OPEN_CONNS connections, ${OPEN_DURATION}s + ${WARMUP}s warm-up, $([ -n "$POISSON" ] && echo Poisson || echo even) arrivals; latency from the scheduled time; median of $OPEN_REPS interleaved rounds; late: sends >1 ms after their time, summed):"
@@ -309,25 +338,26 @@ else
   echo "open loop: NOT VALID: in some round the client sent more than 0.5% of requests >1 ms late by its own fault, or saw errors (see the log above)"
 fi
 echo
-echo "$STREAMS concurrent SSE streams, $CHUNKS chunks ${INTERVAL_MS} ms apart (chunk delivery delay, send -> receive; staggered: starts spread over one interval; burst: all at once):"
-printf '| %-9s | %-9s | %9s | %8s | %8s | %14s |\n' target start complete "p50 us" "p99 us" "p99 added us"
-printf '|%s|%s|%s|%s|%s|%s|\n' ----------- ----------- ----------- ---------- ---------- ----------------
+echo "$STREAMS concurrent SSE streams, events ${INTERVAL_MS} ms apart (chunk delivery delay, send -> receive, of the events sent while all $STREAMS streams were open; staggered: starts spread over one interval, $CHUNKS events per stream; burst: all at once, $BURST_CHUNKS events; ramp: until the last stream's head, with its own p99):"
+printf '| %-9s | %-9s | %9s | %8s | %8s | %8s | %14s | %8s | %13s |\n' target start complete events "p50 us" "p99 us" "p99 added us" "ramp ms" "ramp+all p99"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' ----------- ----------- ----------- ---------- ---------- ---------- ---------------- ---------- ---------------
 for mode in staggered burst; do
   for t in direct "${gateways[@]}" nginx; do
-    printf '| %-9s | %-9s | %9s | %8s | %8s | %14s |\n' "$t" "$mode" "${SDONE[$t,$mode]}" "${SP50[$t,$mode]}" "${SP99[$t,$mode]}" \
-      "$(( ${SP99[$t,$mode]} - ${SP99[direct,$mode]} ))"
+    printf '| %-9s | %-9s | %9s | %8s | %8s | %8s | %14s | %8s | %13s |\n' "$t" "$mode" "${SDONE[$t,$mode]}" "${SN[$t,$mode]}" \
+      "${SP50[$t,$mode]}" "${SP99[$t,$mode]}" "$(( ${SP99[$t,$mode]} - ${SP99[direct,$mode]} ))" "${SRAMP[$t,$mode]}" "${SALL[$t,$mode]}"
   done
 done
 echo
 summary="summary:"
 for t in direct "${gateways[@]}" nginx; do
-  summary+=" ${t}_rps=${RPS[$t]} ${t}_p50=${P50[$t]} ${t}_p99=${P99[$t]} ${t}_open_p99=${RP99[$t]} ${t}_open_added=${RADD[$t]}"
+  summary+=" ${t}_rps=${RPS[$t]} ${t}_rps_vs_nginx=${RATIO[$t]} ${t}_p50=${P50[$t]} ${t}_p99=${P99[$t]} ${t}_open_p99=${RP99[$t]} ${t}_open_added=${RADD[$t]}"
   summary+=" ${t}_open_p50_added=${RADD50[$t]} ${t}_open_p90_added=${RADD90[$t]} ${t}_open_added_clean=${RCLEAN[$t]}"
   summary+=" ${t}_open_p50=${RP50[$t]} ${t}_open_achieved=${RACH[$t]} ${t}_open_late_client=${RLATE[$t]} ${t}_open_late_backlog=${RBACK[$t]}"
 done
 for t in direct "${gateways[@]}" nginx; do
   summary+=" ${t}_sse_p99=${SP99[$t,staggered]} ${t}_sse_added=$(( ${SP99[$t,staggered]} - ${SP99[direct,staggered]} ))"
   summary+=" ${t}_sse_burst_p99=${SP99[$t,burst]} ${t}_sse_burst_added=$(( ${SP99[$t,burst]} - ${SP99[direct,burst]} ))"
+  summary+=" ${t}_sse_events=${SN[$t,staggered]} ${t}_sse_all_p99=${SALL[$t,staggered]} ${t}_sse_ramp_ms=${SRAMP[$t,staggered]}"
 done
 load1=${load_after#*load average: }; load1=${load1%%,*}
 summary+=" open_clean_rounds=${#clean_rounds[@]} open_rounds=$OPEN_REPS others_cpu_pct=$others_pct ours_cpu_pct=$ours_pct steal_pct=$steal_pct"
