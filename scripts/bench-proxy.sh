@@ -134,7 +134,7 @@ http {
   scgi_temp_path $tmp/nginx/scgi;
   upstream model { server $up; keepalive 256; }
   server {
-    listen 127.0.0.1:$ngx_port;
+    listen 127.0.0.1:$ngx_port backlog=4096;
     location / {
       proxy_pass http://model;
       proxy_http_version 1.1;
