@@ -418,7 +418,10 @@ async fn serve_data(listener: TcpListener, upstreams: Arc<Upstreams>, shared: Da
         .header_read_timeout(limits.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
-    let hard_stop = CancellationToken::new();
+    // The connections' tasks: the drain's hard stop aborts what is left of them. (A per-task
+    // select on a cancellation token polled the token's lock on every wake-up of every
+    // connection, that is on every request and every streamed chunk.)
+    let mut connections = tokio::task::JoinSet::new();
     let sweeper = tokio::spawn(upstreams.clone().sweep_every(IDLE_SWEEP));
     loop {
         let permit = tokio::select! {
@@ -452,15 +455,11 @@ async fn serve_data(listener: TcpListener, upstreams: Arc<Upstreams>, shared: Da
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         let conn = graceful.watch(conn);
-        let hard_stop = hard_stop.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                result = conn => {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "client connection ended with an error");
-                    }
-                }
-                _ = hard_stop.cancelled() => {}
+        // Forget the connections that have ended, so the set holds only live ones.
+        while connections.try_join_next().is_some() {}
+        connections.spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "client connection ended with an error");
             }
             drop(permit);
         });
@@ -480,7 +479,7 @@ async fn serve_data(listener: TcpListener, upstreams: Arc<Upstreams>, shared: Da
             background.cancel();
             let _ = tokio::time::timeout(Duration::from_millis(200), &mut drained).await;
             tracing::warn!("drain timeout: closing the remaining connections");
-            hard_stop.cancel();
+            connections.abort_all();
         }
     }
     sweeper.abort();
