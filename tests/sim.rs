@@ -835,12 +835,19 @@ async fn overload_bound_answers_503() {
     let a = p.addr("sim");
     with_deadline(async {
         let mut held = Vec::new();
-        for i in 0..3 {
+        let hold = |i: u64| {
             let body = chat(&words(10, i), 2000, true);
-            held.push(tokio::spawn(async move {
-                stream(a, "/v1/chat/completions", &body).await
-            }));
-        }
+            tokio::spawn(async move { stream(a, "/v1/chat/completions", &body).await })
+        };
+        // The first must be running before the other two queue: three arriving within one
+        // engine step would all count as waiting, and the third would be refused.
+        held.push(hold(0));
+        wait_metrics(a, "1 running", |t| {
+            metric(t, "vllm:num_requests_running") == Some(1.0)
+        })
+        .await;
+        held.push(hold(1));
+        held.push(hold(2));
         wait_metrics(a, "1 running and 2 waiting", |t| {
             metric(t, "vllm:num_requests_running") == Some(1.0)
                 && metric(t, "vllm:num_requests_waiting") == Some(2.0)
