@@ -427,6 +427,7 @@ async fn read_body(parts: &Parts, mut body: Incoming, max: usize) -> Result<Byte
     }
     let mut first = Bytes::new();
     let mut joined: Option<BytesMut> = None;
+    let mut len = 0;
     while !body.is_end_stream() {
         let Some(frame) = body.frame().await else {
             break;
@@ -441,7 +442,7 @@ async fn read_body(parts: &Parts, mut body: Incoming, max: usize) -> Result<Byte
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        let len = first.len() + joined.as_ref().map_or(0, |j| j.len()) + data.len();
+        len += data.len();
         if len > max {
             return Err(too_large());
         }
@@ -450,7 +451,7 @@ async fn read_body(parts: &Parts, mut body: Incoming, max: usize) -> Result<Byte
             None if first.is_empty() => first = data,
             None => {
                 let mut j = BytesMut::with_capacity(len);
-                j.extend_from_slice(&first);
+                j.extend_from_slice(&std::mem::take(&mut first));
                 j.extend_from_slice(&data);
                 joined = Some(j);
             }
