@@ -449,7 +449,7 @@ async fn serve_data(listener: TcpListener, upstreams: Arc<Upstreams>, shared: Da
         let service = service_fn(move |req| {
             let proxy = proxy.clone();
             let upstreams = upstreams.clone();
-            async move { Ok::<_, Infallible>(proxy.handle_via(&upstreams, req).await) }
+            async move { Ok::<_, Infallible>(proxy.handle(&upstreams, req).await) }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)

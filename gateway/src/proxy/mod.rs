@@ -103,8 +103,6 @@ pub struct Proxy {
     /// For requests that never reached a pool (bad path, bad JSON, unknown model).
     unrouted: Arc<ModelMetrics>,
     unrouted_pool: Arc<PoolMetrics>,
-    /// Upstream connections for [`Proxy::handle`] (workers bring their own).
-    upstreams: Arc<Upstreams>,
     limits: LimitsConfig,
     retry: RetryConfig,
     prefix: PrefixConfig,
@@ -141,7 +139,6 @@ impl Proxy {
             model_metrics,
             unrouted,
             unrouted_pool,
-            upstreams: Upstreams::new(),
             limits: g.limits.clone(),
             retry: g.retry.clone(),
             prefix: g.picker.prefix.clone(),
@@ -153,15 +150,10 @@ impl Proxy {
         &self.pools
     }
 
-    /// Serves one request to its one answer, upstream through the proxy's own connections.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<GatewayBody> {
-        self.handle_via(&self.upstreams, req).await
-    }
-
     /// Serves one request to its one answer, upstream through `upstreams`. A data-plane worker
     /// passes its own, so the request's upstream connection is driven by the same thread as its
     /// client connection (no cross-thread wake-ups per body chunk).
-    pub async fn handle_via(
+    pub async fn handle(
         &self,
         upstreams: &Arc<Upstreams>,
         req: Request<Incoming>,
