@@ -106,8 +106,8 @@ pub struct ObservedBody {
     ahead: VecDeque<Option<Result<Frame<Bytes>, hyper::Error>>>,
     watch: Watch,
     account: Accounting,
-    /// The upstream connection, handed back when the body ends cleanly (dropped, so closed,
-    /// otherwise).
+    /// The upstream connection, handed back when the body ends cleanly; otherwise dropped with
+    /// the body, which closes it (a failed body is finished, so it never reaches a clean end).
     lease: Option<Lease>,
     first_byte: bool,
     finished: bool,
@@ -271,7 +271,6 @@ impl Body for ObservedBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(e)) => {
-                this.lease = None;
                 this.account.pool.upstream_error("stream");
                 let status = this.account.status;
                 tracing::warn!(error = %e, "upstream failed mid-answer");
