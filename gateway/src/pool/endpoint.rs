@@ -40,14 +40,11 @@ pub struct Endpoint {
 impl Endpoint {
     pub(crate) fn new(id: EndpointId, d: &DiscoveredEndpoint) -> Endpoint {
         let url = d.url.trim_end_matches('/').to_string();
-        let label = d
-            .name
-            .clone()
-            .unwrap_or_else(|| host_port(&url).to_string());
         let authority = host_port(&url);
+        let label = d.name.clone().unwrap_or_else(|| authority.to_string());
         let host = http::HeaderValue::from_str(authority)
             .unwrap_or_else(|_| http::HeaderValue::from_static("localhost"));
-        let connect_addr = with_default_port(authority);
+        let connect_addr = connect_addr(authority);
         Endpoint {
             id,
             connect_addr,
@@ -327,16 +324,12 @@ fn host_port(url: &str) -> &str {
     rest.split('/').next().unwrap_or(rest)
 }
 
-/// `host:port` with port 80 when `authority` names none (`host`, `[::1]`).
-fn with_default_port(authority: &str) -> String {
-    let has_port = match authority.rfind(']') {
-        Some(end) => authority[end..].contains(':'),
-        None => authority.contains(':'),
-    };
-    if has_port {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
+/// `host:port` to connect to, port 80 when `authority` names none (`host`, `[::1]`). An
+/// authority `http` cannot parse is passed on as it is: the connect then fails and says so.
+fn connect_addr(authority: &str) -> String {
+    match authority.parse::<http::uri::Authority>() {
+        Ok(a) => format!("{}:{}", a.host(), a.port_u16().unwrap_or(80)),
+        Err(_) => authority.to_string(),
     }
 }
 
