@@ -194,7 +194,9 @@ for round in $(seq 1 "$WRK_ROUNDS"); do
     log "  req/s $r, p50 $p50 us, p99 $p99 us"
   done
 done
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END { if (NR % 2) print a[(NR+1)/2]; else printf "%.0f\n", (a[NR/2]+a[NR/2+1])/2 }'; }
+# The median of the arguments; MEDIAN_FMT (printf, default whole numbers) formats the mean of the
+# two middle values when there is an even count.
+median() { printf '%s\n' "$@" | sort -n | awk -v f="${MEDIAN_FMT:-%.0f}" '{a[NR]=$1} END { if (NR % 2) print a[(NR+1)/2]; else printf f "\n", (a[NR/2]+a[NR/2+1])/2 }'; }
 declare -A RATIO RPS_ALL
 for target in direct "${gateways[@]}" nginx; do
   rs=(); p50s=(); p99s=(); ratios=()
@@ -203,7 +205,7 @@ for target in direct "${gateways[@]}" nginx; do
     ratios+=("$(awk -v a="${W[rps,$target,$round]}" -v b="${W[rps,nginx,$round]}" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')")
   done
   RPS[$target]=$(median "${rs[@]}"); P50[$target]=$(median "${p50s[@]}"); P99[$target]=$(median "${p99s[@]}")
-  RATIO[$target]=$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END { if (NR % 2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2 }')
+  RATIO[$target]=$(MEDIAN_FMT=%.3f median "${ratios[@]}")
   RPS_ALL[$target]=$(IFS=,; echo "${rs[*]}")
 done
 
