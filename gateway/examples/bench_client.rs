@@ -12,7 +12,8 @@
 //!   machine's scheduling noise, for reading the `rate` figures (a VM's vCPU can stall for ms).
 //!   Prints `wakes p50_us p99_us p999_us max_us late late_pct` (late: more than 1 ms).
 //! - `bench_client sse URL STREAMS CHUNKS INTERVAL_MS [--burst]`: that many concurrent SSE
-//!   streams from `echo_upstream`; each event carries its send time, so receive minus send is the
+//!   streams from `echo_upstream`, each on its own connection (hyper's bare `client::conn`);
+//!   each event carries its send time, so receive minus send is the
 //!   delivery delay of every chunk. The streams start spread evenly over one interval, or all at
 //!   once with `--burst` (see `SseStart`). `chunks`, `p50_us`, `p99_us`, `max_us` count the
 //!   events sent while every stream was open (from the last stream's answer head to the first
@@ -23,16 +24,11 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-type C = Client<HttpConnector, Full<Bytes>>;
 
 fn body_1k() -> Bytes {
     let head = r#"{"model":"m","max_tokens":16,"messages":[{"role":"user","content":""#;
@@ -462,99 +458,132 @@ enum SseStart {
     Burst,
 }
 
-async fn sse(
-    client: C,
-    url: String,
-    streams: usize,
+/// One event of a stream, as `echo_upstream` sends it.
+#[derive(Debug, PartialEq)]
+enum SseEvent {
+    /// `data: {"t":NS}`: sent at NS nanoseconds since the Unix epoch.
+    Sent(u64),
+    /// `data: [DONE]`.
+    Done,
+}
+
+/// Takes the complete events (`...\n\n`) off the front of `carry`, leaving a partial one. Works
+/// on bytes, with no allocation per event: the client's own CPU per event is part of what the
+/// machine spends, so it is kept small.
+fn take_events(carry: &mut Vec<u8>, mut each: impl FnMut(SseEvent)) {
+    let mut at = 0;
+    while let Some(end) = carry[at..].windows(2).position(|w| w == b"\n\n") {
+        let event = carry[at..at + end].trim_ascii();
+        at += end + 2;
+        if let Some(t) = event
+            .strip_prefix(b"data: {\"t\":")
+            .and_then(|r| r.strip_suffix(b"}"))
+            .and_then(|t| std::str::from_utf8(t).ok()?.parse::<u64>().ok())
+        {
+            each(SseEvent::Sent(t));
+        } else if event == b"data: [DONE]" {
+            each(SseEvent::Done);
+        }
+    }
+    carry.drain(..at);
+}
+
+/// One stream on its own HTTP/1.1 connection (hyper's bare `client::conn`, no pool: each stream
+/// opens one connection, as a chat client does). Returns (send time ns, delay us) of each event,
+/// and the time the head arrived and the time `[DONE]` arrived (ns since the epoch; 0 = never).
+async fn sse_stream(
+    addr: &str,
+    path: &str,
     chunks: u64,
     interval_ms: u64,
-    start: SseStart,
-) {
-    // (send time in ns since the epoch, delay in us) of every event.
-    let lat = Arc::new(Mutex::new(Vec::with_capacity(streams * chunks as usize)));
-    let complete = Arc::new(AtomicU64::new(0));
-    let opened = Arc::new(AtomicU64::new(0));
-    // The window in which all streams are open at once: from the last stream's answer head to
-    // the first stream's end (ns since the epoch; 0 = not yet).
-    let all_open = Arc::new(AtomicU64::new(0));
-    let first_done = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::with_capacity(streams);
+) -> Option<(Vec<(u64, u64)>, u64, u64)> {
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream.set_nodelay(true).ok()?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .ok()?;
+    tokio::spawn(conn);
+    let req = hyper::Request::post(path)
+        .header("host", addr)
+        .header("content-type", "application/json")
+        .header("x-chunks", chunks.to_string())
+        .header("x-interval-ms", interval_ms.to_string())
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+        )))
+        .ok()?;
+    let resp = sender.send_request(req).await.ok()?;
+    let head = now_nanos() as u64;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let mut body = resp.into_body();
+    let mut mine = Vec::with_capacity(chunks as usize);
+    let mut carry = Vec::with_capacity(256);
+    let mut done = 0;
+    while let Some(Ok(frame)) = body.frame().await {
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        let now = now_nanos() as u64;
+        carry.extend_from_slice(data);
+        take_events(&mut carry, |e| match e {
+            SseEvent::Sent(t) => mine.push((t, now.saturating_sub(t) / 1000)),
+            SseEvent::Done => done = now,
+        });
+    }
+    Some((mine, head, done))
+}
+
+async fn sse(url: String, streams: usize, chunks: u64, interval_ms: u64, start: SseStart) {
+    let uri: hyper::Uri = url.parse().expect("URL");
+    let addr = uri.authority().expect("URL with host:port").to_string();
+    let path = uri.path().to_string();
     let started = now_nanos();
     let t0 = tokio::time::Instant::now();
     let gap = Duration::from_millis(interval_ms) / streams.max(1) as u32;
-    for i in 0..streams {
-        let (client, url, lat, complete) =
-            (client.clone(), url.clone(), lat.clone(), complete.clone());
-        let (opened, all_open, first_done) = (opened.clone(), all_open.clone(), first_done.clone());
-        let due = match start {
-            SseStart::Staggered => t0 + gap * i as u32,
-            SseStart::Burst => t0,
-        };
-        tasks.push(tokio::spawn(async move {
-            tokio::time::sleep_until(due).await;
-            let req = hyper::Request::post(&url)
-                .header("content-type", "application/json")
-                .header("x-chunks", chunks.to_string())
-                .header("x-interval-ms", interval_ms.to_string())
-                .body(Full::new(Bytes::from_static(
-                    br#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
-                )))
-                .expect("request");
-            let Ok(resp) = client.request(req).await else {
-                return;
+    let tasks: Vec<_> = (0..streams)
+        .map(|i| {
+            let (addr, path) = (addr.clone(), path.clone());
+            let due = match start {
+                SseStart::Staggered => t0 + gap * i as u32,
+                SseStart::Burst => t0,
             };
-            if opened.fetch_add(1, Ordering::SeqCst) + 1 == streams as u64 {
-                all_open.store(now_nanos() as u64, Ordering::SeqCst);
-            }
-            let mut body = resp.into_body();
-            let mut mine = Vec::with_capacity(chunks as usize);
-            let mut carry = String::new();
-            while let Some(Ok(frame)) = body.frame().await {
-                let Some(data) = frame.data_ref() else {
-                    continue;
-                };
-                let now = now_nanos();
-                carry.push_str(&String::from_utf8_lossy(data));
-                while let Some(end) = carry.find("\n\n") {
-                    let event: String = carry.drain(..end + 2).collect();
-                    if let Some(t) = event
-                        .trim()
-                        .strip_prefix("data: {\"t\":")
-                        .and_then(|r| r.strip_suffix('}'))
-                        .and_then(|t| t.parse::<u128>().ok())
-                    {
-                        mine.push((t as u64, (now.saturating_sub(t) / 1000) as u64));
-                    } else if event.contains("[DONE]") {
-                        complete.fetch_add(1, Ordering::Relaxed);
-                        let _ = first_done.compare_exchange(
-                            0,
-                            now as u64,
-                            Ordering::SeqCst,
-                            Ordering::SeqCst,
-                        );
-                    }
-                }
-            }
-            lat.lock().expect("lock").extend(mine);
-        }));
-    }
+            tokio::spawn(async move {
+                tokio::time::sleep_until(due).await;
+                sse_stream(&addr, &path, chunks, interval_ms).await
+            })
+        })
+        .collect();
+    let mut events = Vec::with_capacity(streams * chunks as usize);
+    // The window in which all streams are open at once: from the last stream's answer head to
+    // the first stream's end (ns since the epoch). Empty unless every stream opened.
+    let (mut opened, mut complete, mut from, mut to) = (0, 0, 0, u64::MAX);
     for t in tasks {
-        let _ = t.await;
+        let Ok(Some((mine, head, done))) = t.await else {
+            continue;
+        };
+        opened += 1;
+        from = from.max(head);
+        if done > 0 {
+            complete += 1;
+            to = to.min(done);
+        }
+        events.extend(mine);
     }
-    let (from, to) = (
-        all_open.load(Ordering::SeqCst),
-        first_done.load(Ordering::SeqCst),
-    );
-    let events = lat.lock().expect("lock").clone();
+    if opened < streams {
+        from = u64::MAX;
+    }
     let window = sorted(
         events
             .iter()
-            .filter(|(t, _)| from > 0 && *t >= from && *t < to)
+            .filter(|(t, _)| *t >= from && *t < to)
             .map(|(_, d)| *d)
             .collect(),
     );
     let all = sorted(events.iter().map(|(_, d)| *d).collect());
-    let ramp_ms = if from > 0 {
+    let ramp_ms = if from < u64::MAX {
         (from as u128).saturating_sub(started) / 1_000_000
     } else {
         0
@@ -562,7 +591,7 @@ async fn sse(
     println!(
         "streams={streams} complete={} chunks={} p50_us={} p99_us={} max_us={} all_chunks={} \
          all_p50_us={} all_p99_us={} all_max_us={} ramp_ms={ramp_ms}",
-        complete.load(Ordering::Relaxed),
+        complete,
         window.len(),
         pct(&window, 0.5),
         pct(&window, 0.99),
@@ -602,28 +631,13 @@ fn main() {
                     .and_then(|a| a.parse().ok())
                     .unwrap_or_else(|| panic!("{usage}"))
             };
-            let mut connector = HttpConnector::new();
-            connector.set_nodelay(true);
             let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-            rt.block_on(async {
-                let client: C = Client::builder(TokioExecutor::new())
-                    .pool_max_idle_per_host(4096)
-                    .build(connector);
-                let start = if args.iter().any(|a| a == "--burst") {
-                    SseStart::Burst
-                } else {
-                    SseStart::Staggered
-                };
-                sse(
-                    client,
-                    args[2].clone(),
-                    num(3) as usize,
-                    num(4),
-                    num(5),
-                    start,
-                )
-                .await
-            });
+            let start = if args.iter().any(|a| a == "--burst") {
+                SseStart::Burst
+            } else {
+                SseStart::Staggered
+            };
+            rt.block_on(sse(args[2].clone(), num(3) as usize, num(4), num(5), start));
         }
         _ => {
             eprintln!("{usage}");
@@ -636,6 +650,22 @@ fn main() {
 mod tests {
     //! `cargo test -p infergate-gateway --example bench_client`
     use super::*;
+
+    #[test]
+    fn events_are_taken_whole_and_a_partial_one_waits() {
+        let mut carry = b"data: {\"t\":12}\n\ndata: {\"t\":3".to_vec();
+        let mut got = Vec::new();
+        take_events(&mut carry, |e| got.push(e));
+        assert_eq!(got, [SseEvent::Sent(12)]);
+        assert_eq!(carry, b"data: {\"t\":3");
+        carry.extend_from_slice(b"4}\n\ndata: [DONE]\n\n: comment\n\n");
+        take_events(&mut carry, |e| got.push(e));
+        assert_eq!(
+            got,
+            [SseEvent::Sent(12), SseEvent::Sent(34), SseEvent::Done]
+        );
+        assert!(carry.is_empty());
+    }
 
     #[test]
     fn content_length_answer_ends_after_its_body() {
