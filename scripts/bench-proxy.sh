@@ -8,12 +8,14 @@
 # 1. closed loop, wrk, interleaved rounds; 2. open loop at half of infergate's wrk peak (`bench_client rate`: wrk2's
 # method, latency from each request's scheduled time; OPEN_REPS interleaved rounds of direct,
 # infergate, nginx, medians reported); 3. concurrent SSE streams, their starts staggered over one
-# event interval and then all at once (a burst).
+# event interval and then all at once (a burst), SSE_ROUNDS interleaved rounds, with the CPU time
+# the proxy and the upstream spent per event.
 #
 #   scripts/bench-proxy.sh            # wrk at 2 threads / 64 connections, 3 rounds of 5 s; open loop 7 rounds of 3 s
 #   WRK_ROUNDS=5 scripts/bench-proxy.sh   # more interleaved closed-loop rounds
 #   NO_BUILD=1 PIN=1 PRIO=rt scripts/bench-proxy.sh   # the setting of docs/BENCHMARKS.md's 19:04 runs
 #   DURATION=10 CONNS=128 STREAMS=1000 scripts/bench-proxy.sh
+#   STREAMS=1000 CHUNKS=60 INTERVAL_MS=50 SSE_ROUNDS=3 scripts/bench-proxy.sh  # phase 3 (the defaults)
 #   NO_BUILD=1 scripts/bench-proxy.sh   # use the release binaries already in target/
 #   WORKERS=1 scripts/bench-proxy.sh    # the gateway's --workers (default: one per core)
 #   BASELINE_BIN=/tmp/infergate-old scripts/bench-proxy.sh  # also measure another build ("baseline")
@@ -40,8 +42,9 @@ THREADS=${THREADS:-2}
 WRK_ROUNDS=${WRK_ROUNDS:-3}
 CONNS=${CONNS:-64}
 STREAMS=${STREAMS:-1000}
-CHUNKS=${CHUNKS:-20}
+CHUNKS=${CHUNKS:-60}
 BURST_CHUNKS=${BURST_CHUNKS:-60}
+SSE_ROUNDS=${SSE_ROUNDS:-3}
 INTERVAL_MS=${INTERVAL_MS:-50}
 WORKERS=${WORKERS:-0}
 BASELINE_BIN=${BASELINE_BIN:-}
@@ -175,6 +178,7 @@ run_wrk() {
 log "scheduling floor: bench_client jitter 3 (an idle thread waking every 100 us)"
 jit=$("${cli[@]}" "$ex/bench_client" jitter 3)
 kv() { sed -n "s/.*\b$1=\([0-9.a-z]*\).*/\1/p" <<<"$2"; }
+fmt1() { awk -v v="$1" 'BEGIN { printf "%.1f", v / 10 }'; }  # tenths -> one decimal
 
 # WRK_ROUNDS interleaved rounds (each target once per round, in turn), so that a slow spell of a
 # shared machine falls on every target alike; each figure is the median over the rounds, and the
@@ -287,18 +291,59 @@ done
 # Figures count the events sent while all streams were open (bench_client's window: the ramp,
 # when the path also opens $STREAMS connections, is reported apart). A burst start opens every
 # connection at once, so its ramp is longer: its streams carry $BURST_CHUNKS events.
-declare -A SP50 SP99 SDONE SN SALL SRAMP
+# SSE_ROUNDS interleaved rounds, as for the other phases: the tail of a few seconds of events on
+# a shared machine moves by milliseconds from one run to the next. Each run also reads the CPU
+# time (schedstat, every thread) that the proxy and the upstream spent per event delivered.
+up_pid=$(sed -n 1p "$tmp/pids"); gw_pid=$(sed -n 2p "$tmp/pids"); base_pid=$(sed -n 3p "$tmp/pids")
+ngx_master=${pids[${#pids[@]}-1]}
+cpu_ns() {
+  local p t s=0
+  for p in "$@"; do
+    for t in /proc/"$p"/task/*/schedstat; do read -r c _ <"$t" && s=$((s + c)); done 2>/dev/null
+  done
+  echo "$s"
+}
+declare -A S
+for round in $(seq 1 "$SSE_ROUNDS"); do
+  for mode in staggered burst; do
+    flag=(); n=$CHUNKS
+    [ $mode = burst ] && flag=(--burst) && n=$BURST_CHUNKS
+    for target in direct "${gateways[@]}" nginx; do
+      case $target in
+        direct) a=$up; procs=() ;;
+        infergate) a=$gw; procs=("$gw_pid") ;;
+        baseline) a=$base; procs=("$base_pid") ;;
+        nginx) a=$ngx; mapfile -t procs < <(pgrep -P "$ngx_master") ;;
+      esac
+      log "SSE round $round/$SSE_ROUNDS, $STREAMS concurrent streams via $target ($n chunks, ${INTERVAL_MS} ms apart, $mode)"
+      c0=$(cpu_ns "${procs[@]}"); u0=$(cpu_ns "$up_pid")
+      line=$("${cli[@]}" "$ex/bench_client" sse "http://$a/v1/chat/completions" "$STREAMS" "$n" "$INTERVAL_MS" "${flag[@]}")
+      c1=$(cpu_ns "${procs[@]}"); u1=$(cpu_ns "$up_pid")
+      ev=$(kv all_chunks "$line"); [ "${ev:-0}" -gt 0 ] || ev=1
+      S[cpu,$target,$mode,$round]=$(( (c1 - c0) / ev / 100 ))  # 0.1 us per event
+      S[ucpu,$target,$mode,$round]=$(( (u1 - u0) / ev / 100 ))
+      log "  $line proxy_cpu_us_per_event=$(fmt1 "${S[cpu,$target,$mode,$round]}") upstream_cpu_us_per_event=$(fmt1 "${S[ucpu,$target,$mode,$round]}")"
+      for k in p50_us p99_us complete chunks all_p99_us ramp_ms; do S[$k,$target,$mode,$round]=$(kv "$k" "$line"); done
+    done
+  done
+done
+# Medians over the rounds; "added" is the median of the per-round differences to direct.
+declare -A SP50 SP99 SADD SDONE SN SALL SRAMP SCPU SUCPU SP99S
 for mode in staggered burst; do
-  flag=(); n=$CHUNKS
-  [ $mode = burst ] && flag=(--burst) && n=$BURST_CHUNKS
-  for target in direct "${gateways[@]}" nginx; do
-    case $target in direct) a=$up ;; infergate) a=$gw ;; baseline) a=$base ;; nginx) a=$ngx ;; esac
-    log "$STREAMS concurrent SSE streams via $target ($n chunks, ${INTERVAL_MS} ms apart, $mode)"
-    line=$("${cli[@]}" "$ex/bench_client" sse "http://$a/v1/chat/completions" "$STREAMS" "$n" "$INTERVAL_MS" "${flag[@]}")
-    log "  $line"
-    SP50[$target,$mode]=$(kv p50_us "$line"); SP99[$target,$mode]=$(kv p99_us "$line")
-    SDONE[$target,$mode]=$(kv complete "$line"); SN[$target,$mode]=$(kv chunks "$line")
-    SALL[$target,$mode]=$(kv all_p99_us "$line"); SRAMP[$target,$mode]=$(kv ramp_ms "$line")
+  for t in direct "${gateways[@]}" nginx; do
+    for k in p50_us p99_us chunks all_p99_us ramp_ms cpu ucpu; do
+      vals=(); for r in $(seq 1 "$SSE_ROUNDS"); do vals+=("${S[$k,$t,$mode,$r]}"); done
+      S[$k,$t,$mode,med]=$(median "${vals[@]}")
+    done
+    adds=(); p99s=(); done_all=0
+    for r in $(seq 1 "$SSE_ROUNDS"); do
+      adds+=($(( ${S[p99_us,$t,$mode,$r]} - ${S[p99_us,direct,$mode,$r]} )))
+      p99s+=("${S[p99_us,$t,$mode,$r]}"); done_all=$(( done_all + ${S[complete,$t,$mode,$r]} ))
+    done
+    SP50[$t,$mode]=${S[p50_us,$t,$mode,med]}; SP99[$t,$mode]=${S[p99_us,$t,$mode,med]}; SADD[$t,$mode]=$(median "${adds[@]}")
+    SDONE[$t,$mode]=$done_all; SN[$t,$mode]=${S[chunks,$t,$mode,med]}; SALL[$t,$mode]=${S[all_p99_us,$t,$mode,med]}
+    SRAMP[$t,$mode]=${S[ramp_ms,$t,$mode,med]}; SCPU[$t,$mode]=$(fmt1 "${S[cpu,$t,$mode,med]}"); SUCPU[$t,$mode]=$(fmt1 "${S[ucpu,$t,$mode,med]}")
+    SP99S[$t,$mode]=$(IFS=,; echo "${p99s[*]}")
   done
 done
 
@@ -340,13 +385,13 @@ else
   echo "open loop: NOT VALID: in some round the client sent more than 0.5% of requests >1 ms late by its own fault, or saw errors (see the log above)"
 fi
 echo
-echo "$STREAMS concurrent SSE streams, events ${INTERVAL_MS} ms apart (chunk delivery delay, send -> receive, of the events sent while all $STREAMS streams were open; staggered: starts spread over one interval, $CHUNKS events per stream; burst: all at once, $BURST_CHUNKS events; ramp: until the last stream's head, with its own p99):"
-printf '| %-9s | %-9s | %9s | %8s | %8s | %8s | %14s | %8s | %13s |\n' target start complete events "p50 us" "p99 us" "p99 added us" "ramp ms" "ramp+all p99"
-printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' ----------- ----------- ----------- ---------- ---------- ---------- ---------------- ---------- ---------------
+echo "$STREAMS concurrent SSE streams, events ${INTERVAL_MS} ms apart (chunk delivery delay, send -> receive, of the events sent while all $STREAMS streams were open; staggered: starts spread over one interval, $CHUNKS events per stream; burst: all at once, $BURST_CHUNKS events; ramp: until the last stream's head, with its own p99; medians of $SSE_ROUNDS interleaved rounds, added: median of the per-round differences to direct; CPU: us per event delivered, the proxy's threads and the upstream's):"
+printf '| %-9s | %-9s | %9s | %8s | %8s | %8s | %12s | %-20s | %8s | %13s | %9s | %9s |\n' target start complete events "p50 us" "p99 us" "p99 added us" "p99 per round" "ramp ms" "ramp+all p99" "proxy cpu" "up cpu"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' ----------- ----------- ----------- ---------- ---------- ---------- -------------- ---------------------- ---------- --------------- ----------- -----------
 for mode in staggered burst; do
   for t in direct "${gateways[@]}" nginx; do
-    printf '| %-9s | %-9s | %9s | %8s | %8s | %8s | %14s | %8s | %13s |\n' "$t" "$mode" "${SDONE[$t,$mode]}" "${SN[$t,$mode]}" \
-      "${SP50[$t,$mode]}" "${SP99[$t,$mode]}" "$(( ${SP99[$t,$mode]} - ${SP99[direct,$mode]} ))" "${SRAMP[$t,$mode]}" "${SALL[$t,$mode]}"
+    printf '| %-9s | %-9s | %9s | %8s | %8s | %8s | %12s | %-20s | %8s | %13s | %9s | %9s |\n' "$t" "$mode" "${SDONE[$t,$mode]}" "${SN[$t,$mode]}" \
+      "${SP50[$t,$mode]}" "${SP99[$t,$mode]}" "${SADD[$t,$mode]}" "${SP99S[$t,$mode]}" "${SRAMP[$t,$mode]}" "${SALL[$t,$mode]}" "${SCPU[$t,$mode]}" "${SUCPU[$t,$mode]}"
   done
 done
 echo
@@ -357,9 +402,10 @@ for t in direct "${gateways[@]}" nginx; do
   summary+=" ${t}_open_p50=${RP50[$t]} ${t}_open_achieved=${RACH[$t]} ${t}_open_late_client=${RLATE[$t]} ${t}_open_late_backlog=${RBACK[$t]}"
 done
 for t in direct "${gateways[@]}" nginx; do
-  summary+=" ${t}_sse_p99=${SP99[$t,staggered]} ${t}_sse_added=$(( ${SP99[$t,staggered]} - ${SP99[direct,staggered]} ))"
-  summary+=" ${t}_sse_burst_p99=${SP99[$t,burst]} ${t}_sse_burst_added=$(( ${SP99[$t,burst]} - ${SP99[direct,burst]} ))"
+  summary+=" ${t}_sse_p99=${SP99[$t,staggered]} ${t}_sse_added=${SADD[$t,staggered]}"
+  summary+=" ${t}_sse_burst_p99=${SP99[$t,burst]} ${t}_sse_burst_added=${SADD[$t,burst]}"
   summary+=" ${t}_sse_events=${SN[$t,staggered]} ${t}_sse_all_p99=${SALL[$t,staggered]} ${t}_sse_ramp_ms=${SRAMP[$t,staggered]}"
+  summary+=" ${t}_sse_cpu_us=${SCPU[$t,staggered]} ${t}_sse_burst_cpu_us=${SCPU[$t,burst]}"
 done
 load1=${load_after#*load average: }; load1=${load1%%,*}
 summary+=" open_clean_rounds=${#clean_rounds[@]} open_rounds=$OPEN_REPS others_cpu_pct=$others_pct ours_cpu_pct=$ours_pct steal_pct=$steal_pct"
