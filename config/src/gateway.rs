@@ -16,6 +16,7 @@ pub struct GatewayConfig {
     /// a request never hops threads between its client and upstream connections; 0 = one per core.
     pub workers: usize,
     pub limits: LimitsConfig,
+    pub upstream: UpstreamConfig,
     pub scrape: ScrapeConfig,
     pub picker: PickerConfig,
     pub flow: FlowConfig,
@@ -31,6 +32,7 @@ impl Default for GatewayConfig {
             admin_listen: ([0, 0, 0, 0], 9090).into(),
             workers: 0,
             limits: LimitsConfig::default(),
+            upstream: UpstreamConfig::default(),
             scrape: ScrapeConfig::default(),
             picker: PickerConfig::default(),
             flow: FlowConfig::default(),
@@ -66,6 +68,35 @@ impl Default for LimitsConfig {
             header_read_timeout: Duration::from_secs(10),
             first_byte_timeout: Duration::from_secs(300),
             max_connections: 10_000,
+        }
+    }
+}
+
+/// The gateway's keep-alive connections to the model servers (each data-plane worker has its own).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Time a TCP connection to a model server may take; past it the attempt fails as a connect
+    /// error (retried on another endpoint).
+    #[serde(with = "crate::duration")]
+    pub connect_timeout: Duration,
+    /// A connection idle for this long is not used again, and is closed. Keep it below the model
+    /// server's own keep-alive timeout: vLLM and SGLang (uvicorn) close idle connections after 5 s,
+    /// and a request sent on a connection at the moment its server closes it fails after it has
+    /// left, so it cannot be sent again. Closing first, the gateway never races the server.
+    #[serde(with = "crate::duration")]
+    pub idle_timeout: Duration,
+    /// Most idle connections kept per endpoint and worker; a burst's connections beyond it close
+    /// when their answers end. 0: no keep-alive, a new connection per request.
+    pub max_idle_per_endpoint: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(4),
+            max_idle_per_endpoint: 1024,
         }
     }
 }

@@ -60,6 +60,17 @@ impl Config {
             "gateway.outlier.max_ejected_ratio",
             g.outlier.max_ejected_ratio,
         )?;
+        for (field, d) in [
+            (
+                "gateway.upstream.connect_timeout",
+                g.upstream.connect_timeout,
+            ),
+            ("gateway.upstream.idle_timeout", g.upstream.idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Err((field.into(), "must be above zero".into()));
+            }
+        }
         if g.scrape.interval.is_zero() {
             return Err((
                 "gateway.scrape.interval".into(),
@@ -193,6 +204,7 @@ mod tests {
 gateway:
   listen: 127.0.0.1:8000
   scrape: { interval: 50ms }
+  upstream: { idle_timeout: 2s }
   picker: { policy: queue-kv }
 pools:
   - name: llama
@@ -214,6 +226,11 @@ pools:
         .unwrap();
         assert_eq!(c.gateway.picker.policy, PickerPolicy::QueueKv);
         assert_eq!(c.gateway.scrape.interval, Duration::from_millis(50));
+        assert_eq!(c.gateway.upstream.idle_timeout, Duration::from_secs(2));
+        assert_eq!(
+            c.gateway.upstream.max_idle_per_endpoint, 1024,
+            "unset fields keep defaults"
+        );
         let a = c.pools[0].autoscaling.as_ref().unwrap();
         assert_eq!(a.min_replicas, 0);
         assert_eq!(a.scale_down.stabilization_window, Duration::from_secs(300));
@@ -241,6 +258,10 @@ pools:
         let e = parse("gateway: { scrape: { interval: fast } }").unwrap_err();
         assert_eq!(e.field, "gateway.scrape.interval");
         assert!(e.reason.contains("not a duration"), "{}", e.reason);
+
+        let e = parse("gateway: { upstream: { idle_timeout: 0s } }").unwrap_err();
+        assert_eq!(e.field, "gateway.upstream.idle_timeout");
+        assert_eq!(e.reason, "must be above zero");
 
         let e = parse("gateway: [1").unwrap_err();
         assert_eq!(e.field, "(syntax)");

@@ -201,6 +201,7 @@ impl Gateway {
         let shared = DataShared {
             proxy,
             limits: g.limits.clone(),
+            upstream: g.upstream.clone(),
             permits: Arc::new(Semaphore::new(g.limits.max_connections.max(1))),
             drain: drain.clone(),
             drain_timeout: g.shutdown.drain_timeout,
@@ -345,6 +346,8 @@ fn bind_data(
 struct DataShared {
     proxy: Arc<Proxy>,
     limits: infergate_config::LimitsConfig,
+    /// `gateway.upstream`, for each worker's own upstream connections.
+    upstream: infergate_config::UpstreamConfig,
     /// `limits.max_connections`, across all workers.
     permits: Arc<Semaphore>,
     drain: CancellationToken,
@@ -373,7 +376,10 @@ fn spawn_worker(
                     .and_then(|()| TcpListener::from_std(listener));
                 match registered {
                     // The worker's own upstream connections, driven by this thread.
-                    Ok(listener) => serve_data(listener, Upstreams::new(), shared).await,
+                    Ok(listener) => {
+                        let upstreams = Upstreams::new(shared.upstream.clone());
+                        serve_data(listener, upstreams, shared).await
+                    }
                     Err(e) => tracing::error!(worker = i, error = %e, "data listener unusable"),
                 }
             });
@@ -406,6 +412,7 @@ async fn serve_data(listener: TcpListener, upstreams: Arc<Upstreams>, shared: Da
     let DataShared {
         proxy,
         limits,
+        upstream: _,
         permits,
         drain,
         drain_timeout,
@@ -422,7 +429,7 @@ async fn serve_data(listener: TcpListener, upstreams: Arc<Upstreams>, shared: Da
     // select on a cancellation token polled the token's lock on every wake-up of every
     // connection, that is on every request and every streamed chunk.)
     let mut connections = tokio::task::JoinSet::new();
-    let sweeper = tokio::spawn(upstreams.clone().sweep_every(IDLE_SWEEP));
+    let sweeper = tokio::spawn(upstreams.clone().sweep_periodically());
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p {
@@ -484,9 +491,6 @@ async fn serve_data(listener: TcpListener, upstreams: Arc<Upstreams>, shared: Da
     }
     sweeper.abort();
 }
-
-/// How often a worker closes its upstream connections that have idled too long.
-const IDLE_SWEEP: Duration = Duration::from_secs(30);
 
 /// The admin port, until `stop`.
 async fn serve_admin(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {

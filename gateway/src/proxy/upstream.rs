@@ -26,16 +26,10 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 use crate::pool::Endpoint;
+use infergate_config::UpstreamConfig;
 
-/// How long to wait for a TCP connection to a model server.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// TCP keepalive probes start after this much silence (a pod that vanished without a FIN).
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
-/// An idle connection older than this is closed by the next sweep.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// At most this many idle connections per endpoint per worker: a burst's connections beyond it
-/// are closed when their answers end.
-const MAX_IDLE_PER_ENDPOINT: usize = 1024;
 
 type Sender = http1::SendRequest<Full<Bytes>>;
 
@@ -70,10 +64,11 @@ struct Idle {
 }
 
 /// One worker's upstream connections, by endpoint URL.
-#[derive(Default)]
 pub struct Upstreams {
     /// Newest last (taken first: a few warm connections serve a steady load, the rest age out).
     idle: Mutex<HashMap<String, Vec<Idle>>>,
+    /// `gateway.upstream`: connect timeout, idle timeout, idle connections kept.
+    config: UpstreamConfig,
 }
 
 impl std::fmt::Debug for Upstreams {
@@ -98,8 +93,11 @@ impl Lease {
 }
 
 impl Upstreams {
-    pub fn new() -> Arc<Upstreams> {
-        Arc::new(Upstreams::default())
+    pub fn new(config: UpstreamConfig) -> Arc<Upstreams> {
+        Arc::new(Upstreams {
+            idle: Mutex::default(),
+            config,
+        })
     }
 
     /// Sends `req` (origin-form URI, `Host` set) to `endpoint` on an idle connection, or on a
@@ -122,7 +120,7 @@ impl Upstreams {
                 },
             }
         }
-        let mut sender = connect(endpoint.connect_addr()).await?;
+        let mut sender = connect(endpoint.connect_addr(), self.config.connect_timeout).await?;
         match sender.try_send_request(req).await {
             Ok(resp) => Ok((resp, self.lease(sender, endpoint))),
             Err(e) => Err(SendError::Protocol(e.into_error())),
@@ -137,10 +135,17 @@ impl Upstreams {
         }
     }
 
+    /// The newest idle connection to `endpoint` that is open and has not idled past the idle
+    /// timeout (past it, the server may be closing it at this very moment).
     fn take(&self, endpoint: &Endpoint) -> Option<Sender> {
         let mut idle = self.idle.lock();
         let list = idle.get_mut(endpoint.url())?;
-        while let Some(Idle { sender, .. }) = list.pop() {
+        while let Some(Idle { sender, since }) = list.pop() {
+            if since.elapsed() >= self.config.idle_timeout {
+                // The rest are older still.
+                list.clear();
+                return None;
+            }
             if !sender.is_closed() {
                 return Some(sender);
             }
@@ -157,7 +162,7 @@ impl Upstreams {
             Some(list) => list,
             None => idle.entry(endpoint.url().to_string()).or_default(),
         };
-        if list.len() < MAX_IDLE_PER_ENDPOINT {
+        if list.len() < self.config.max_idle_per_endpoint {
             list.push(Idle {
                 sender,
                 since: Instant::now(),
@@ -168,7 +173,7 @@ impl Upstreams {
     /// Closes connections idle for longer than the idle timeout or closed by their server, and
     /// forgets endpoints with none left (an endpoint that left discovery leaves no trace).
     pub fn sweep(&self) {
-        self.sweep_older_than(IDLE_TIMEOUT);
+        self.sweep_older_than(self.config.idle_timeout);
     }
 
     fn sweep_older_than(&self, max_idle: Duration) {
@@ -180,8 +185,12 @@ impl Upstreams {
         });
     }
 
-    /// Sweeps every `period` until the worker's runtime stops.
-    pub async fn sweep_every(self: Arc<Self>, period: Duration) {
+    /// Sweeps until the worker's runtime stops, every half idle timeout (at most every 30 s, at
+    /// least every 100 ms): a connection past its idle timeout is never taken, the sweep only
+    /// frees its socket.
+    pub async fn sweep_periodically(self: Arc<Self>) {
+        let period = (self.config.idle_timeout / 2)
+            .clamp(Duration::from_millis(100), Duration::from_secs(30));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -197,8 +206,8 @@ impl Upstreams {
 }
 
 /// A new connection to `addr` (`host:port`), driven by a task on the current runtime.
-async fn connect(addr: &str) -> Result<Sender, SendError> {
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+async fn connect(addr: &str, timeout: Duration) -> Result<Sender, SendError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(source)) => {
             return Err(SendError::Connect {
@@ -209,7 +218,7 @@ async fn connect(addr: &str) -> Result<Sender, SendError> {
         Err(_) => {
             return Err(SendError::ConnectTimeout {
                 addr: addr.to_string(),
-                timeout: CONNECT_TIMEOUT,
+                timeout,
             });
         }
     };
@@ -296,7 +305,7 @@ mod tests {
     #[tokio::test]
     async fn a_released_connection_carries_the_next_request() {
         let (url, accepted) = server(false).await;
-        let (up, ep) = (Upstreams::new(), endpoint(&url));
+        let (up, ep) = (Upstreams::new(UpstreamConfig::default()), endpoint(&url));
         for _ in 0..5 {
             exchange(&up, &ep, true).await;
         }
@@ -305,9 +314,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_idle_past_the_idle_timeout_is_not_reused() {
+        let (url, accepted) = server(false).await;
+        let config = UpstreamConfig {
+            idle_timeout: Duration::from_millis(50),
+            ..UpstreamConfig::default()
+        };
+        let (up, ep) = (Upstreams::new(config), endpoint(&url));
+        exchange(&up, &ep, true).await;
+        exchange(&up, &ep, true).await;
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "reused within the timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        exchange(&up, &ep, true).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "a new one past it");
+        assert_eq!(
+            up.idle_count(),
+            1,
+            "the old one is dropped when found too old"
+        );
+    }
+
+    #[tokio::test]
+    async fn no_idle_connections_kept_means_a_new_connection_per_request() {
+        let (url, accepted) = server(false).await;
+        let config = UpstreamConfig {
+            max_idle_per_endpoint: 0,
+            ..UpstreamConfig::default()
+        };
+        let (up, ep) = (Upstreams::new(config), endpoint(&url));
+        for _ in 0..3 {
+            exchange(&up, &ep, true).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        assert_eq!(up.idle_count(), 0);
+    }
+
+    #[tokio::test]
     async fn a_connection_not_released_is_not_reused() {
         let (url, accepted) = server(false).await;
-        let (up, ep) = (Upstreams::new(), endpoint(&url));
+        let (up, ep) = (Upstreams::new(UpstreamConfig::default()), endpoint(&url));
         exchange(&up, &ep, false).await;
         exchange(&up, &ep, false).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
@@ -317,7 +366,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_its_server_closed_is_replaced_without_an_error() {
         let (url, accepted) = server(true).await;
-        let (up, ep) = (Upstreams::new(), endpoint(&url));
+        let (up, ep) = (Upstreams::new(UpstreamConfig::default()), endpoint(&url));
         for _ in 0..3 {
             exchange(&up, &ep, true).await;
         }
@@ -331,7 +380,7 @@ mod tests {
             l.local_addr().expect("addr").port()
         };
         let (up, ep) = (
-            Upstreams::new(),
+            Upstreams::new(UpstreamConfig::default()),
             endpoint(&format!("http://127.0.0.1:{port}")),
         );
         let err = up.send(&ep, request(&ep)).await.err().expect("refused");
@@ -345,7 +394,7 @@ mod tests {
     #[tokio::test]
     async fn a_sweep_closes_idle_connections_and_forgets_their_endpoint() {
         let (url, _) = server(false).await;
-        let (up, ep) = (Upstreams::new(), endpoint(&url));
+        let (up, ep) = (Upstreams::new(UpstreamConfig::default()), endpoint(&url));
         exchange(&up, &ep, true).await;
         up.sweep();
         assert_eq!(up.idle_count(), 1, "young: kept");
