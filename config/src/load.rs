@@ -66,16 +66,11 @@ impl Config {
                 g.upstream.connect_timeout,
             ),
             ("gateway.upstream.idle_timeout", g.upstream.idle_timeout),
+            ("gateway.scrape.interval", g.scrape.interval),
         ] {
             if d.is_zero() {
                 return Err((field.into(), "must be above zero".into()));
             }
-        }
-        if g.scrape.interval.is_zero() {
-            return Err((
-                "gateway.scrape.interval".into(),
-                "must be above zero".into(),
-            ));
         }
         if g.scrape.unready_after < g.scrape.stale_after {
             return Err((

@@ -375,11 +375,7 @@ fn spawn_worker(
                     .set_nonblocking(true)
                     .and_then(|()| TcpListener::from_std(listener));
                 match registered {
-                    // The worker's own upstream connections, driven by this thread.
-                    Ok(listener) => {
-                        let upstreams = Upstreams::new(shared.upstream.clone());
-                        serve_data(listener, upstreams, shared).await
-                    }
+                    Ok(listener) => serve_data(listener, shared).await,
                     Err(e) => tracing::error!(worker = i, error = %e, "data listener unusable"),
                 }
             });
@@ -407,12 +403,12 @@ fn local_addr(
 }
 
 /// One worker's share of the data port: HTTP/1.1 and h2c on its listener, at most
-/// `max_connections` at once across all workers, upstream through `upstreams`.
-async fn serve_data(listener: TcpListener, upstreams: Arc<Upstreams>, shared: DataShared) {
+/// `max_connections` at once across all workers, upstream through the worker's own connections.
+async fn serve_data(listener: TcpListener, shared: DataShared) {
     let DataShared {
         proxy,
         limits,
-        upstream: _,
+        upstream,
         permits,
         drain,
         drain_timeout,
@@ -429,6 +425,8 @@ async fn serve_data(listener: TcpListener, upstreams: Arc<Upstreams>, shared: Da
     // select on a cancellation token polled the token's lock on every wake-up of every
     // connection, that is on every request and every streamed chunk.)
     let mut connections = tokio::task::JoinSet::new();
+    // The worker's own upstream connections, driven by this thread.
+    let upstreams = Upstreams::new(upstream);
     let sweeper = tokio::spawn(upstreams.clone().sweep_periodically());
     loop {
         let permit = tokio::select! {
