@@ -148,7 +148,8 @@ http {
 }
 NGINX
 "${srv[@]}" "$nginx_bin" -c "$tmp/nginx.conf" -p "$tmp/nginx" -g 'daemon off;' 2>"$tmp/nginx.err" &
-pids+=($!)
+ngx_master=$!
+pids+=("$ngx_master")
 for _ in $(seq 1 100); do
   (exec 3<>/dev/tcp/127.0.0.1/"$ngx_port") 2>/dev/null && break
   sleep 0.05
@@ -178,7 +179,6 @@ run_wrk() {
 log "scheduling floor: bench_client jitter 3 (an idle thread waking every 100 us)"
 jit=$("${cli[@]}" "$ex/bench_client" jitter 3)
 kv() { sed -n "s/.*\b$1=\([0-9.a-z]*\).*/\1/p" <<<"$2"; }
-fmt1() { awk -v v="$1" 'BEGIN { printf "%.1f", v / 10 }'; }  # tenths -> one decimal
 
 # WRK_ROUNDS interleaved rounds (each target once per round, in turn), so that a slow spell of a
 # shared machine falls on every target alike; each figure is the median over the rounds, and the
@@ -294,8 +294,8 @@ done
 # SSE_ROUNDS interleaved rounds, as for the other phases: the tail of a few seconds of events on
 # a shared machine moves by milliseconds from one run to the next. Each run also reads the CPU
 # time (schedstat, every thread) that the proxy and the upstream spent per event delivered.
+# start() runs in a subshell, so its pids come from $tmp/pids, in start order.
 up_pid=$(sed -n 1p "$tmp/pids"); gw_pid=$(sed -n 2p "$tmp/pids"); base_pid=$(sed -n 3p "$tmp/pids")
-ngx_master=${pids[${#pids[@]}-1]}
 cpu_ns() {
   local p t s=0
   for p in "$@"; do
@@ -303,6 +303,7 @@ cpu_ns() {
   done
   echo "$s"
 }
+per_event() { awk -v ns="$1" -v n="$2" 'BEGIN { printf "%.1f", ns / n / 1000 }'; }  # ns over n events -> us
 declare -A S
 for round in $(seq 1 "$SSE_ROUNDS"); do
   for mode in staggered burst; do
@@ -320,9 +321,8 @@ for round in $(seq 1 "$SSE_ROUNDS"); do
       line=$("${cli[@]}" "$ex/bench_client" sse "http://$a/v1/chat/completions" "$STREAMS" "$n" "$INTERVAL_MS" "${flag[@]}")
       c1=$(cpu_ns "${procs[@]}"); u1=$(cpu_ns "$up_pid")
       ev=$(kv all_chunks "$line"); [ "${ev:-0}" -gt 0 ] || ev=1
-      S[cpu,$target,$mode,$round]=$(( (c1 - c0) / ev / 100 ))  # 0.1 us per event
-      S[ucpu,$target,$mode,$round]=$(( (u1 - u0) / ev / 100 ))
-      log "  $line proxy_cpu_us_per_event=$(fmt1 "${S[cpu,$target,$mode,$round]}") upstream_cpu_us_per_event=$(fmt1 "${S[ucpu,$target,$mode,$round]}")"
+      S[cpu,$target,$mode,$round]=$(per_event $((c1 - c0)) "$ev"); S[ucpu,$target,$mode,$round]=$(per_event $((u1 - u0)) "$ev")
+      log "  $line proxy_cpu_us_per_event=${S[cpu,$target,$mode,$round]} upstream_cpu_us_per_event=${S[ucpu,$target,$mode,$round]}"
       for k in p50_us p99_us complete chunks all_p99_us ramp_ms; do S[$k,$target,$mode,$round]=$(kv "$k" "$line"); done
     done
   done
@@ -333,7 +333,8 @@ for mode in staggered burst; do
   for t in direct "${gateways[@]}" nginx; do
     for k in p50_us p99_us chunks all_p99_us ramp_ms cpu ucpu; do
       vals=(); for r in $(seq 1 "$SSE_ROUNDS"); do vals+=("${S[$k,$t,$mode,$r]}"); done
-      S[$k,$t,$mode,med]=$(median "${vals[@]}")
+      fmt=%.0f; case $k in cpu|ucpu) fmt=%.1f ;; esac
+      S[$k,$t,$mode,med]=$(MEDIAN_FMT=$fmt median "${vals[@]}")
     done
     adds=(); p99s=(); done_all=0
     for r in $(seq 1 "$SSE_ROUNDS"); do
@@ -342,7 +343,7 @@ for mode in staggered burst; do
     done
     SP50[$t,$mode]=${S[p50_us,$t,$mode,med]}; SP99[$t,$mode]=${S[p99_us,$t,$mode,med]}; SADD[$t,$mode]=$(median "${adds[@]}")
     SDONE[$t,$mode]=$done_all; SN[$t,$mode]=${S[chunks,$t,$mode,med]}; SALL[$t,$mode]=${S[all_p99_us,$t,$mode,med]}
-    SRAMP[$t,$mode]=${S[ramp_ms,$t,$mode,med]}; SCPU[$t,$mode]=$(fmt1 "${S[cpu,$t,$mode,med]}"); SUCPU[$t,$mode]=$(fmt1 "${S[ucpu,$t,$mode,med]}")
+    SRAMP[$t,$mode]=${S[ramp_ms,$t,$mode,med]}; SCPU[$t,$mode]=${S[cpu,$t,$mode,med]}; SUCPU[$t,$mode]=${S[ucpu,$t,$mode,med]}
     SP99S[$t,$mode]=$(IFS=,; echo "${p99s[*]}")
   done
 done
@@ -385,7 +386,7 @@ else
   echo "open loop: NOT VALID: in some round the client sent more than 0.5% of requests >1 ms late by its own fault, or saw errors (see the log above)"
 fi
 echo
-echo "$STREAMS concurrent SSE streams, events ${INTERVAL_MS} ms apart (chunk delivery delay, send -> receive, of the events sent while all $STREAMS streams were open; staggered: starts spread over one interval, $CHUNKS events per stream; burst: all at once, $BURST_CHUNKS events; ramp: until the last stream's head, with its own p99; medians of $SSE_ROUNDS interleaved rounds, added: median of the per-round differences to direct; CPU: us per event delivered, the proxy's threads and the upstream's):"
+echo "$STREAMS concurrent SSE streams, events ${INTERVAL_MS} ms apart (chunk delivery delay, send -> receive, of the events sent while all $STREAMS streams were open; staggered: starts spread over one interval, $CHUNKS events per stream; burst: all at once, $BURST_CHUNKS events; ramp: until the last stream's head, with its own p99; medians of $SSE_ROUNDS interleaved rounds, added: median of the per-round differences to direct; complete: streams that reached [DONE], over all rounds; CPU: us per event delivered, the proxy's threads and the upstream's):"
 printf '| %-9s | %-9s | %9s | %8s | %8s | %8s | %12s | %-20s | %8s | %13s | %9s | %9s |\n' target start complete events "p50 us" "p99 us" "p99 added us" "p99 per round" "ramp ms" "ramp+all p99" "proxy cpu" "up cpu"
 printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' ----------- ----------- ----------- ---------- ---------- ---------- -------------- ---------------------- ---------- --------------- ----------- -----------
 for mode in staggered burst; do

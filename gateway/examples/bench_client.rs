@@ -488,15 +488,19 @@ fn take_events(carry: &mut Vec<u8>, mut each: impl FnMut(SseEvent)) {
     carry.drain(..at);
 }
 
+/// What one stream saw; times in ns since the Unix epoch.
+struct StreamSeen {
+    /// (send time, delay in us) of each event.
+    events: Vec<(u64, u64)>,
+    /// When the answer's head arrived.
+    head: u64,
+    /// When `[DONE]` arrived (0: never).
+    done: u64,
+}
+
 /// One stream on its own HTTP/1.1 connection (hyper's bare `client::conn`, no pool: each stream
-/// opens one connection, as a chat client does). Returns (send time ns, delay us) of each event,
-/// and the time the head arrived and the time `[DONE]` arrived (ns since the epoch; 0 = never).
-async fn sse_stream(
-    addr: &str,
-    path: &str,
-    chunks: u64,
-    interval_ms: u64,
-) -> Option<(Vec<(u64, u64)>, u64, u64)> {
+/// opens one connection, as a chat client does). `None` if it could not open or was refused.
+async fn sse_stream(addr: &str, path: &str, chunks: u64, interval_ms: u64) -> Option<StreamSeen> {
     let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     stream.set_nodelay(true).ok()?;
     let (mut sender, conn) =
@@ -519,7 +523,7 @@ async fn sse_stream(
         return None;
     }
     let mut body = resp.into_body();
-    let mut mine = Vec::with_capacity(chunks as usize);
+    let mut events = Vec::with_capacity(chunks as usize);
     let mut carry = Vec::with_capacity(256);
     let mut done = 0;
     while let Some(Ok(frame)) = body.frame().await {
@@ -529,11 +533,11 @@ async fn sse_stream(
         let now = now_nanos() as u64;
         carry.extend_from_slice(data);
         take_events(&mut carry, |e| match e {
-            SseEvent::Sent(t) => mine.push((t, now.saturating_sub(t) / 1000)),
+            SseEvent::Sent(t) => events.push((t, now.saturating_sub(t) / 1000)),
             SseEvent::Done => done = now,
         });
     }
-    Some((mine, head, done))
+    Some(StreamSeen { events, head, done })
 }
 
 async fn sse(url: String, streams: usize, chunks: u64, interval_ms: u64, start: SseStart) {
@@ -561,16 +565,16 @@ async fn sse(url: String, streams: usize, chunks: u64, interval_ms: u64, start: 
     // the first stream's end (ns since the epoch). Empty unless every stream opened.
     let (mut opened, mut complete, mut from, mut to) = (0, 0, 0, u64::MAX);
     for t in tasks {
-        let Ok(Some((mine, head, done))) = t.await else {
+        let Ok(Some(seen)) = t.await else {
             continue;
         };
         opened += 1;
-        from = from.max(head);
-        if done > 0 {
+        from = from.max(seen.head);
+        if seen.done > 0 {
             complete += 1;
-            to = to.min(done);
+            to = to.min(seen.done);
         }
-        events.extend(mine);
+        events.extend(seen.events);
     }
     if opened < streams {
         from = u64::MAX;
