@@ -9,7 +9,9 @@
 # method, latency from each request's scheduled time; OPEN_REPS interleaved rounds of direct,
 # infergate, nginx, medians reported); 3. concurrent SSE streams, their starts staggered over one
 # event interval and then all at once (a burst), SSE_ROUNDS interleaved rounds, with the CPU time
-# the proxy and the upstream spent per event.
+# the proxy and the upstream spent per event, and each event's delay across the proxy read off a
+# loopback capture ("wire": the proxy's segment to the client minus the upstream's segment to the
+# proxy, so the client's own wait for a CPU is not in it; needs tcpdump and root, WIRE=0 skips it).
 #
 #   scripts/bench-proxy.sh            # wrk at 2 threads / 64 connections, 3 rounds of 5 s; open loop 7 rounds of 3 s
 #   WRK_ROUNDS=5 scripts/bench-proxy.sh   # more interleaved closed-loop rounds
@@ -17,11 +19,13 @@
 #   DURATION=10 CONNS=128 STREAMS=1000 scripts/bench-proxy.sh
 #   STREAMS=1000 CHUNKS=60 INTERVAL_MS=50 SSE_ROUNDS=3 scripts/bench-proxy.sh  # phase 3 (the defaults)
 #   NO_BUILD=1 scripts/bench-proxy.sh   # use the release binaries already in target/
+#   WIRE=0 scripts/bench-proxy.sh       # no loopback capture in phase 3
 #   WORKERS=1 scripts/bench-proxy.sh    # the gateway's --workers (default: one per core)
 #   BASELINE_BIN=/tmp/infergate-old scripts/bench-proxy.sh  # also measure another build ("baseline")
 #   INFERGATE_BIN=/tmp/infergate-abc123 NO_BUILD=1 scripts/bench-proxy.sh  # a copy of a known build
 #   PIN=1 scripts/bench-proxy.sh        # load clients on CPU $CLIENT_CPUS (0), servers on $SERVER_CPUS (1)
 #   PRIO=rt scripts/bench-proxy.sh      # every measured process SCHED_FIFO 10 (chrt; needs root)
+#   PRIO=proxy scripts/bench-proxy.sh   # the proxies alone (gateways, nginx) SCHED_FIFO 10
 #   OPEN_DURATION=3 OPEN_REPS=7 OPEN_CONNS=64 WARMUP=1 POISSON=1 scripts/bench-proxy.sh  # phase 2
 #
 # With PIN=1 every phase runs pinned (the peak that sets phase 2's rate too), the gateway then
@@ -31,10 +35,14 @@
 # throttling still leaves other processes 5% of each core. (nice does not do this job: with
 # autogroup scheduling, nice only weighs processes within one session against each other.) Under
 # FIFO, threads of equal priority on one core do not time-slice: wrk's closed-loop p99 suffers.
+# PRIO=proxy gives the CPU to the proxy under test whenever it has work, as a gateway with cores of
+# its own has in production, while the upstream and the clients (which stand for other machines)
+# share what is left: what the proxy adds is then its own work, not its wait behind the harness.
+# Every proxy gets the same treatment; direct has no proxy.
 #
 # The last line, `summary: ...`, carries every figure as key=value for scripts that take medians.
 #
-# Needs wrk and nginx (scripts/install-tools.sh installs both), and taskset for PIN=1.
+# Needs wrk, nginx and tcpdump (scripts/install-tools.sh installs them), and taskset for PIN=1.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 DURATION=${DURATION:-5}
@@ -55,6 +63,7 @@ WARMUP=${WARMUP:-1}
 POISSON=${POISSON:-}
 PIN=${PIN:-}
 PRIO=${PRIO:-}
+WIRE=${WIRE:-1}
 CLIENT_CPUS=${CLIENT_CPUS:-0}
 SERVER_CPUS=${SERVER_CPUS:-1}
 log() { printf '[bench-proxy] %s\n' "$*" >&2; }
@@ -68,16 +77,21 @@ if [ -z "${NO_BUILD:-}" ]; then
   log "building (release)"
   (cd "$root" && cargo build --release -q --bin infergate && cargo build --release -q -p infergate-gateway --example echo_upstream --example bench_client)
 fi
-# cli: prefix for load clients; srv: prefix for servers (empty unless PIN or PRIO is set).
-prio=()
+# cli: prefix for load clients; srv: for the upstream; psrv: for the proxies (empty unless PIN or
+# PRIO is set).
+prio=(); pprio=()
 case $PRIO in
   "") ;;
-  rt) prio=(chrt -f 10) ;;
-  *) log "PRIO must be rt (or unset)"; exit 1 ;;
+  rt) prio=(chrt -f 10); pprio=(chrt -f 10) ;;
+  proxy) pprio=(chrt -f 10) ;;
+  *) log "PRIO must be rt or proxy (or unset)"; exit 1 ;;
 esac
-cli=("${prio[@]}"); srv=("${prio[@]}")
+cli=("${prio[@]}"); srv=("${prio[@]}"); psrv=("${pprio[@]}")
 if [ -n "$PIN" ]; then
-  cli+=(taskset -c "$CLIENT_CPUS"); srv+=(taskset -c "$SERVER_CPUS")
+  cli+=(taskset -c "$CLIENT_CPUS"); srv+=(taskset -c "$SERVER_CPUS"); psrv+=(taskset -c "$SERVER_CPUS")
+fi
+if [ "$WIRE" != 0 ] && { ! command -v tcpdump >/dev/null || [ "$(id -u)" != 0 ]; }; then
+  log "no loopback capture in phase 3: it needs tcpdump (scripts/install-tools.sh) and root"; WIRE=0
 fi
 bin="$root/target/release"
 INFERGATE_BIN=${INFERGATE_BIN:-$bin/infergate}
@@ -111,18 +125,18 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 load_before=$(uptime)
 up=$(start sim "$tmp/up.out" "${srv[@]}" "$ex/echo_upstream" 127.0.0.1:0)
-gw=$(start gateway "$tmp/gw.out" "${srv[@]}" "$INFERGATE_BIN" gateway --model m --endpoints "http://$up" \
+gw=$(start gateway "$tmp/gw.out" "${psrv[@]}" "$INFERGATE_BIN" gateway --model m --endpoints "http://$up" \
   --flavor vllm --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --workers "$WORKERS")
 gateways=(infergate)
 if [ -n "$BASELINE_BIN" ]; then
-  base=$(start gateway "$tmp/base.out" "${srv[@]}" "$BASELINE_BIN" gateway --model m --endpoints "http://$up" \
+  base=$(start gateway "$tmp/base.out" "${psrv[@]}" "$BASELINE_BIN" gateway --model m --endpoints "http://$up" \
     --flavor vllm --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0)
   gateways+=(baseline)
 fi
 ngx_port=$(free_port)
 mkdir -p "$tmp/nginx"
 ngx_workers=auto
-[ -n "$PIN" ] && ngx_workers=$("${srv[@]}" nproc)
+[ -n "$PIN" ] && ngx_workers=$("${psrv[@]}" nproc)
 cat >"$tmp/nginx.conf" <<NGINX
 worker_processes $ngx_workers;
 pid $tmp/nginx.pid;
@@ -147,7 +161,7 @@ http {
   }
 }
 NGINX
-"${srv[@]}" "$nginx_bin" -c "$tmp/nginx.conf" -p "$tmp/nginx" -g 'daemon off;' 2>"$tmp/nginx.err" &
+"${psrv[@]}" "$nginx_bin" -c "$tmp/nginx.conf" -p "$tmp/nginx" -g 'daemon off;' 2>"$tmp/nginx.err" &
 ngx_master=$!
 pids+=("$ngx_master")
 for _ in $(seq 1 100); do
@@ -304,6 +318,27 @@ cpu_ns() {
   echo "$s"
 }
 per_event() { awk -v ns="$1" -v n="$2" 'BEGIN { printf "%.1f", ns / n / 1000 }'; }  # ns over n events -> us
+# The loopback capture of one SSE run: the data segments the upstream sends, and those sent from
+# port $1 (the proxy's; for direct, the upstream's own). Every run is captured, direct included,
+# so that the capture's own CPU cost falls on every target alike.
+up_port=${up##*:}
+capture_start() {
+  rm -f "$tmp/sse.pcap"
+  tcpdump -i lo -nn -s 1024 -B 65536 -w "$tmp/sse.pcap" \
+    "tcp and (src port $up_port or src port $1) and greater 80" 2>"$tmp/tcpdump.err" &
+  capture_pid=$!
+  for _ in $(seq 1 100); do grep -q listening "$tmp/tcpdump.err" && break; sleep 0.05; done
+  sleep 0.2  # tcpdump says it listens before its ring buffer is filled
+}
+# Stops the capture (not in a subshell: it waits for tcpdump to write its file); sets
+# capture_dropped to the segments the kernel dropped from it.
+capture_stop() {
+  # tcpdump reads the kernel's ring a block at a time, a block when full or 1 s old (cheaper during
+  # the run than --immediate-mode's wake per packet), and on SIGINT drops the block not yet read.
+  sleep 1.1
+  kill -INT "$capture_pid"; wait "$capture_pid" || true
+  capture_dropped=$(sed -n 's/^\([0-9]*\) packets dropped by kernel.*/\1/p' "$tmp/tcpdump.err")
+}
 declare -A S
 for round in $(seq 1 "$SSE_ROUNDS"); do
   for mode in staggered burst; do
@@ -317,30 +352,45 @@ for round in $(seq 1 "$SSE_ROUNDS"); do
         nginx) a=$ngx; mapfile -t procs < <(pgrep -P "$ngx_master") ;;
       esac
       log "SSE round $round/$SSE_ROUNDS, $STREAMS concurrent streams via $target ($n chunks, ${INTERVAL_MS} ms apart, $mode)"
+      [ "$WIRE" != 0 ] && capture_start "${a##*:}"
       c0=$(cpu_ns "${procs[@]}"); u0=$(cpu_ns "$up_pid")
       line=$("${cli[@]}" "$ex/bench_client" sse "http://$a/v1/chat/completions" "$STREAMS" "$n" "$INTERVAL_MS" "${flag[@]}")
       c1=$(cpu_ns "${procs[@]}"); u1=$(cpu_ns "$up_pid")
+      wire="wire_p50_us=- wire_p99_us=- wire_p999_us=- wire_events=- wire_unmatched=- wire_dropped=-"
+      if [ "$WIRE" != 0 ]; then
+        capture_stop
+        [ $target = direct ] || wire="$(tcpdump -r "$tmp/sse.pcap" -nn -tt -q -A 2>/dev/null |
+          "$ex/bench_client" wire "${a##*:}" "$up_port" "$(kv window_from_ns "$line")" "$(kv window_to_ns "$line")") wire_dropped=${capture_dropped:-?}"
+        if [ $target != direct ] && [ "$(kv wire_events "$wire")" = 0 ]; then
+          log "  the capture holds no event of the window: no wire figures for this run"
+          wire="wire_p50_us=- wire_p99_us=- wire_p999_us=- wire_events=0 wire_unmatched=- wire_dropped=-"
+        fi
+      fi
       ev=$(kv all_chunks "$line"); [ "${ev:-0}" -gt 0 ] || ev=1
       S[cpu,$target,$mode,$round]=$(per_event $((c1 - c0)) "$ev"); S[ucpu,$target,$mode,$round]=$(per_event $((u1 - u0)) "$ev")
-      log "  $line proxy_cpu_us_per_event=${S[cpu,$target,$mode,$round]} upstream_cpu_us_per_event=${S[ucpu,$target,$mode,$round]}"
+      log "  $line proxy_cpu_us_per_event=${S[cpu,$target,$mode,$round]} upstream_cpu_us_per_event=${S[ucpu,$target,$mode,$round]} $wire"
       for k in p50_us p99_us complete chunks all_p99_us ramp_ms; do S[$k,$target,$mode,$round]=$(kv "$k" "$line"); done
+      for k in p50_us p99_us p999_us unmatched dropped; do S[w$k,$target,$mode,$round]=$(kv "wire_$k" "$wire"); done
     done
   done
 done
 # Medians over the rounds; "added" is the median of the per-round differences to direct.
-declare -A SP50 SP99 SADD SDONE SN SALL SRAMP SCPU SUCPU SP99S
+declare -A SP50 SP99 SADD SDONE SN SALL SRAMP SCPU SUCPU SP99S WP99S WLOST
 for mode in staggered burst; do
   for t in direct "${gateways[@]}" nginx; do
-    for k in p50_us p99_us chunks all_p99_us ramp_ms cpu ucpu; do
+    for k in p50_us p99_us chunks all_p99_us ramp_ms cpu ucpu wp50_us wp99_us wp999_us; do
       vals=(); for r in $(seq 1 "$SSE_ROUNDS"); do vals+=("${S[$k,$t,$mode,$r]}"); done
       fmt=%.0f; case $k in cpu|ucpu) fmt=%.1f ;; esac
       S[$k,$t,$mode,med]=$(MEDIAN_FMT=$fmt median "${vals[@]}")
     done
-    adds=(); p99s=(); done_all=0
+    adds=(); p99s=(); done_all=0; wp99s=(); lost=0
     for r in $(seq 1 "$SSE_ROUNDS"); do
       adds+=($(( ${S[p99_us,$t,$mode,$r]} - ${S[p99_us,direct,$mode,$r]} )))
       p99s+=("${S[p99_us,$t,$mode,$r]}"); done_all=$(( done_all + ${S[complete,$t,$mode,$r]} ))
+      wp99s+=("${S[wp99_us,$t,$mode,$r]:--}")
+      lost=$(( lost + ${S[wunmatched,$t,$mode,$r]:-0} + ${S[wdropped,$t,$mode,$r]:-0} ))
     done
+    WP99S[$t,$mode]=$(IFS=,; echo "${wp99s[*]}"); WLOST[$t,$mode]=$lost
     SP50[$t,$mode]=${S[p50_us,$t,$mode,med]}; SP99[$t,$mode]=${S[p99_us,$t,$mode,med]}; SADD[$t,$mode]=$(median "${adds[@]}")
     SDONE[$t,$mode]=$done_all; SN[$t,$mode]=${S[chunks,$t,$mode,med]}; SALL[$t,$mode]=${S[all_p99_us,$t,$mode,med]}
     SRAMP[$t,$mode]=${S[ramp_ms,$t,$mode,med]}; SCPU[$t,$mode]=${S[cpu,$t,$mode,med]}; SUCPU[$t,$mode]=${S[ucpu,$t,$mode,med]}
@@ -395,6 +445,18 @@ for mode in staggered burst; do
       "${SP50[$t,$mode]}" "${SP99[$t,$mode]}" "${SADD[$t,$mode]}" "${SP99S[$t,$mode]}" "${SRAMP[$t,$mode]}" "${SALL[$t,$mode]}" "${SCPU[$t,$mode]}" "${SUCPU[$t,$mode]}"
   done
 done
+if [ "$WIRE" != 0 ]; then
+  echo
+  echo "The same runs on the wire (loopback capture): each event's delay across the proxy, from the upstream's segment carrying it to the proxy's segment carrying it on to the client; the events sent while all streams were open; medians of $SSE_ROUNDS rounds; lost: events seen coming in and never going out in the capture, plus segments the kernel dropped from it, over all rounds:"
+  printf '| %-9s | %-9s | %8s | %8s | %9s | %-20s | %6s |\n' target start "p50 us" "p99 us" "p99.9 us" "p99 per round" lost
+  printf '|%s|%s|%s|%s|%s|%s|%s|\n' ----------- ----------- ---------- ---------- ----------- ---------------------- --------
+  for mode in staggered burst; do
+    for t in "${gateways[@]}" nginx; do
+      printf '| %-9s | %-9s | %8s | %8s | %9s | %-20s | %6s |\n' "$t" "$mode" "${S[wp50_us,$t,$mode,med]}" "${S[wp99_us,$t,$mode,med]}" \
+        "${S[wp999_us,$t,$mode,med]}" "${WP99S[$t,$mode]}" "${WLOST[$t,$mode]}"
+    done
+  done
+fi
 echo
 summary="summary:"
 for t in direct "${gateways[@]}" nginx; do
@@ -407,6 +469,8 @@ for t in direct "${gateways[@]}" nginx; do
   summary+=" ${t}_sse_burst_p99=${SP99[$t,burst]} ${t}_sse_burst_added=${SADD[$t,burst]}"
   summary+=" ${t}_sse_events=${SN[$t,staggered]} ${t}_sse_all_p99=${SALL[$t,staggered]} ${t}_sse_ramp_ms=${SRAMP[$t,staggered]}"
   summary+=" ${t}_sse_cpu_us=${SCPU[$t,staggered]} ${t}_sse_burst_cpu_us=${SCPU[$t,burst]}"
+  [ $t = direct ] || [ "$WIRE" = 0 ] ||
+    summary+=" ${t}_sse_wire_p99=${S[wp99_us,$t,staggered,med]} ${t}_sse_burst_wire_p99=${S[wp99_us,$t,burst,med]}"
 done
 load1=${load_after#*load average: }; load1=${load1%%,*}
 summary+=" open_clean_rounds=${#clean_rounds[@]} open_rounds=$OPEN_REPS others_cpu_pct=$others_pct ours_cpu_pct=$ours_pct steal_pct=$steal_pct"

