@@ -407,7 +407,11 @@ if [ -n "$PIN" ]; then
 else
   echo "not pinned: clients and servers share all cores"
 fi
-echo "priority: ${prio[*]:-default (SCHED_OTHER, nice 0)}"
+case $PRIO in
+  rt) echo "priority: every measured process ${prio[*]}" ;;
+  proxy) echo "priority: the proxies (gateways, nginx) ${pprio[*]}; upstream and clients default (SCHED_OTHER, nice 0)" ;;
+  *) echo "priority: default (SCHED_OTHER, nice 0)" ;;
+esac
 echo "scheduling floor (idle thread, 100 us period, 3 s): p50 $(kv p50_us "$jit") us, p99 $(kv p99_us "$jit") us, max $(kv max_us "$jit") us, late >1 ms $(kv late_pct "$jit")%"
 echo
 echo "Closed loop (wrk -t$THREADS -c$CONNS -d${DURATION}s, 1 KiB JSON POST -> 1 KiB JSON; medians of $WRK_ROUNDS interleaved rounds; vs nginx: median of the per-round ratios):"
