@@ -328,7 +328,7 @@ capture_start() {
     "tcp and (src port $up_port or src port $1) and greater 80" 2>"$tmp/tcpdump.err" &
   capture_pid=$!
   for _ in $(seq 1 100); do grep -q listening "$tmp/tcpdump.err" && break; sleep 0.05; done
-  sleep 0.2  # tcpdump says it listens before its ring buffer is filled
+  sleep 0.2  # a margin: the run must not start before the capture does
 }
 # Stops the capture (not in a subshell: it waits for tcpdump to write its file); sets
 # capture_dropped to the segments the kernel dropped from it.
