@@ -472,6 +472,18 @@ enum SseEvent {
     Done,
 }
 
+/// What starts the JSON of an `echo_upstream` event, `{"t":NS}` (`wire` finds it in packets).
+const SENT_AT: &[u8] = b"{\"t\":";
+
+/// The send time in `rest` (the bytes after [`SENT_AT`]) up to its closing `}`, and the bytes
+/// after that.
+fn sent_time(rest: &[u8]) -> Option<(u64, &[u8])> {
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let after = rest[digits..].strip_prefix(b"}")?;
+    let t = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    Some((t, after))
+}
+
 /// Takes the complete events (`...\n\n`) off the front of `carry`, leaving a partial one. Works
 /// on bytes, with no allocation per event: the client's own CPU per event is part of what the
 /// machine spends, so it is kept small.
@@ -480,10 +492,10 @@ fn take_events(carry: &mut Vec<u8>, mut each: impl FnMut(SseEvent)) {
     while let Some(end) = carry[at..].windows(2).position(|w| w == b"\n\n") {
         let event = carry[at..at + end].trim_ascii();
         at += end + 2;
-        if let Some(t) = event
-            .strip_prefix(b"data: {\"t\":")
-            .and_then(|r| r.strip_suffix(b"}"))
-            .and_then(|t| std::str::from_utf8(t).ok()?.parse::<u64>().ok())
+        if let Some((t, b"")) = event
+            .strip_prefix(b"data: ")
+            .and_then(|r| r.strip_prefix(SENT_AT))
+            .and_then(sent_time)
         {
             each(SseEvent::Sent(t));
         } else if event == b"data: [DONE]" {
@@ -566,8 +578,7 @@ async fn sse(url: String, streams: usize, chunks: u64, interval_ms: u64, start: 
         })
         .collect();
     let mut events = Vec::with_capacity(streams * chunks as usize);
-    // The window in which all streams are open at once: from the last stream's answer head to
-    // the first stream's end (ns since the epoch). Empty unless every stream opened.
+    // From the last stream's answer head to the first stream's end (ns since the epoch).
     let (mut opened, mut complete, mut from, mut to) = (0, 0, 0, u64::MAX);
     for t in tasks {
         let Ok(Some(seen)) = t.await else {
@@ -581,22 +592,26 @@ async fn sse(url: String, streams: usize, chunks: u64, interval_ms: u64, start: 
         }
         events.extend(seen.events);
     }
-    if opened < streams {
-        from = u64::MAX;
-    }
-    let window = sorted(
-        events
-            .iter()
-            .filter(|(t, _)| *t >= from && *t < to)
-            .map(|(_, d)| *d)
-            .collect(),
-    );
-    let all = sorted(events.iter().map(|(_, d)| *d).collect());
-    let ramp_ms = if from < u64::MAX {
+    // The ramp ends when the last stream has opened; the window in which all streams are open at
+    // once follows it (empty unless every stream opened and one ended after that).
+    let ramp_ms = if opened == streams {
         (from as u128).saturating_sub(started) / 1_000_000
     } else {
         0
     };
+    let (from, to) = if opened == streams && from < to {
+        (from, to)
+    } else {
+        (0, 0)
+    };
+    let window = sorted(
+        events
+            .iter()
+            .filter(|(t, _)| (from..to).contains(t))
+            .map(|(_, d)| *d)
+            .collect(),
+    );
+    let all = sorted(events.iter().map(|(_, d)| *d).collect());
     println!(
         "streams={streams} complete={} chunks={} p50_us={} p99_us={} max_us={} all_chunks={} \
          all_p50_us={} all_p99_us={} all_max_us={} ramp_ms={ramp_ms} window_from_ns={} \
@@ -610,8 +625,8 @@ async fn sse(url: String, streams: usize, chunks: u64, interval_ms: u64, start: 
         pct(&all, 0.5),
         pct(&all, 0.99),
         pct(&all, 1.0),
-        if from < to { from } else { 0 },
-        if from < to { to } else { 0 },
+        from,
+        to,
     );
 }
 
@@ -653,13 +668,10 @@ fn main() {
             rt.block_on(sse(args[2].clone(), num(3) as usize, num(4), num(5), start));
         }
         Some("wire") => {
-            let num = |i: usize| args.get(i).and_then(|a| a.parse::<u64>().ok());
-            match (num(2), num(3), num(4), num(5)) {
-                (Some(proxy), Some(up), Some(from), Some(to))
-                    if proxy <= u16::MAX as u64 && up <= u16::MAX as u64 =>
-                {
-                    wire::run(proxy as u16, up as u16, from, to)
-                }
+            let port = |i: usize| args.get(i).and_then(|a| a.parse::<u16>().ok());
+            let ns = |i: usize| args.get(i).and_then(|a| a.parse::<u64>().ok());
+            match (port(2), port(3), ns(4), ns(5)) {
+                (Some(proxy), Some(up), Some(from), Some(to)) => wire::run(proxy, up, from, to),
                 _ => {
                     eprintln!("{usage}");
                     std::process::exit(2);

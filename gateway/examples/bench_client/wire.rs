@@ -17,13 +17,15 @@
 use std::collections::HashMap;
 use std::io::BufRead;
 
-/// Who sent a packet, as far as the proxy's path goes.
+use super::{SENT_AT, pct, sent_time};
+
+/// Which leg of the proxy's path a packet is on, by its source port.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum From {
-    /// The upstream, to the proxy.
-    Upstream,
-    /// The proxy, to the client.
-    Proxy,
+enum Leg {
+    /// From the upstream, to the proxy.
+    Inbound,
+    /// From the proxy, to the client.
+    Outbound,
     Other,
 }
 
@@ -39,22 +41,22 @@ impl Legs {
     /// bytes that follow it.
     pub fn read(input: impl BufRead, proxy_port: u16, upstream_port: u16) -> Self {
         let mut legs = Legs::default();
-        let (mut at, mut from) = (0, From::Other);
+        let (mut at, mut leg) = (0, Leg::Other);
         for line in input.split(b'\n') {
             let Ok(line) = line else { break };
             if let Some((t, src)) = header(&line) {
                 at = t;
-                from = match src {
-                    p if p == upstream_port => From::Upstream,
-                    p if p == proxy_port => From::Proxy,
-                    _ => From::Other,
+                leg = match src {
+                    p if p == upstream_port => Leg::Inbound,
+                    p if p == proxy_port => Leg::Outbound,
+                    _ => Leg::Other,
                 };
                 continue;
             }
-            let seen = match from {
-                From::Upstream => &mut legs.inbound,
-                From::Proxy => &mut legs.outbound,
-                From::Other => continue,
+            let seen = match leg {
+                Leg::Inbound => &mut legs.inbound,
+                Leg::Outbound => &mut legs.outbound,
+                Leg::Other => continue,
             };
             for id in event_ids(&line) {
                 seen.entry(id).or_insert(at);
@@ -66,17 +68,16 @@ impl Legs {
     /// Delays in us (sorted) of the events sent in `[from, to)` seen on both legs, and how many
     /// in that window came in but never went out.
     pub fn delays(&self, from: u64, to: u64) -> (Vec<u64>, usize) {
-        let mut unmatched = 0;
-        let mut delays: Vec<u64> = self
-            .inbound
-            .iter()
-            .filter(|(id, _)| (from..to).contains(*id))
-            .filter_map(|(id, t_in)| {
-                let out = self.outbound.get(id);
-                unmatched += usize::from(out.is_none());
-                out.map(|t_out| t_out.saturating_sub(*t_in))
-            })
-            .collect();
+        let (mut delays, mut unmatched) = (Vec::new(), 0);
+        for (id, t_in) in &self.inbound {
+            if !(from..to).contains(id) {
+                continue;
+            }
+            match self.outbound.get(id) {
+                Some(t_out) => delays.push(t_out.saturating_sub(*t_in)),
+                None => unmatched += 1,
+            }
+        }
         delays.sort_unstable();
         (delays, unmatched)
     }
@@ -91,25 +92,23 @@ fn header(line: &[u8]) -> Option<(u64, u16)> {
         return None;
     }
     let src_port = words.next()?.rsplit('.').next()?.parse().ok()?;
-    let micros: u64 = format!("{micros:0<6}").get(..6)?.parse().ok()?;
+    // The fraction in us, whatever digits tcpdump printed (6, or 9 with nanosecond stamps).
+    let fraction = &micros[..micros.len().min(6)];
+    let scale = 10u64.pow(6 - fraction.len() as u32);
+    let micros = fraction.parse::<u64>().ok()? * scale;
     Some((secs.parse::<u64>().ok()? * 1_000_000 + micros, src_port))
 }
 
-/// The ids of the events in one line of a packet's bytes.
+/// The ids (send times) of the events in one line of a packet's bytes.
 fn event_ids(line: &[u8]) -> impl Iterator<Item = u64> + '_ {
-    const MARK: &[u8] = b"{\"t\":";
     let mut rest = line;
     std::iter::from_fn(move || {
         loop {
-            let at = rest.windows(MARK.len()).position(|w| w == MARK)?;
-            rest = &rest[at + MARK.len()..];
-            let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-            if rest.get(digits) == Some(&b'}') {
-                let id = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok();
-                rest = &rest[digits..];
-                if id.is_some() {
-                    return id;
-                }
+            let at = rest.windows(SENT_AT.len()).position(|w| w == SENT_AT)?;
+            rest = &rest[at + SENT_AT.len()..];
+            if let Some((id, after)) = sent_time(rest) {
+                rest = after;
+                return Some(id);
             }
         }
     })
@@ -123,11 +122,11 @@ pub fn run(proxy_port: u16, upstream_port: u16, from: u64, to: u64) {
         "wire_events={} wire_unmatched={unmatched} wire_p50_us={} wire_p90_us={} wire_p99_us={} \
          wire_p999_us={} wire_max_us={}",
         d.len(),
-        super::pct(&d, 0.5),
-        super::pct(&d, 0.9),
-        super::pct(&d, 0.99),
-        super::pct(&d, 0.999),
-        super::pct(&d, 1.0),
+        pct(&d, 0.5),
+        pct(&d, 0.9),
+        pct(&d, 0.99),
+        pct(&d, 0.999),
+        pct(&d, 1.0),
     );
 }
 
