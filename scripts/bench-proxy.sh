@@ -318,6 +318,8 @@ cpu_ns() {
   echo "$s"
 }
 per_event() { awk -v ns="$1" -v n="$2" 'BEGIN { printf "%.1f", ns / n / 1000 }'; }  # ns over n events -> us
+# A run without wire figures: direct, WIRE=0, or a capture that holds no event.
+no_wire="wire_p50_us=- wire_p99_us=- wire_p999_us=- wire_events=- wire_unmatched=- wire_dropped=-"
 # The loopback capture of one SSE run: the data segments the upstream sends, and those sent from
 # port $1 (the proxy's; for direct, the upstream's own). Every run is captured, direct included,
 # so that the capture's own CPU cost falls on every target alike.
@@ -356,14 +358,16 @@ for round in $(seq 1 "$SSE_ROUNDS"); do
       c0=$(cpu_ns "${procs[@]}"); u0=$(cpu_ns "$up_pid")
       line=$("${cli[@]}" "$ex/bench_client" sse "http://$a/v1/chat/completions" "$STREAMS" "$n" "$INTERVAL_MS" "${flag[@]}")
       c1=$(cpu_ns "${procs[@]}"); u1=$(cpu_ns "$up_pid")
-      wire="wire_p50_us=- wire_p99_us=- wire_p999_us=- wire_events=- wire_unmatched=- wire_dropped=-"
+      wire=$no_wire
       if [ "$WIRE" != 0 ]; then
         capture_stop
-        [ $target = direct ] || wire="$(tcpdump -r "$tmp/sse.pcap" -nn -tt -q -A 2>/dev/null |
-          "$ex/bench_client" wire "${a##*:}" "$up_port" "$(kv window_from_ns "$line")" "$(kv window_to_ns "$line")") wire_dropped=${capture_dropped:-?}"
-        if [ $target != direct ] && [ "$(kv wire_events "$wire")" = 0 ]; then
-          log "  the capture holds no event of the window: no wire figures for this run"
-          wire="wire_p50_us=- wire_p99_us=- wire_p999_us=- wire_events=0 wire_unmatched=- wire_dropped=-"
+        if [ $target != direct ]; then
+          wire="$(tcpdump -r "$tmp/sse.pcap" -nn -tt -q -A 2>/dev/null |
+            "$ex/bench_client" wire "${a##*:}" "$up_port" "$(kv window_from_ns "$line")" "$(kv window_to_ns "$line")") wire_dropped=${capture_dropped:-?}"
+          if [ "$(kv wire_events "$wire")" = 0 ]; then
+            log "  the capture holds no event of the window: no wire figures for this run"
+            wire=$no_wire
+          fi
         fi
       fi
       ev=$(kv all_chunks "$line"); [ "${ev:-0}" -gt 0 ] || ev=1
