@@ -7,7 +7,8 @@
 # Phases: 0. the machine's scheduling floor (`bench_client jitter`: how late an idle thread wakes);
 # 1. closed loop, wrk, interleaved rounds; 2. open loop at half of infergate's wrk peak (`bench_client rate`: wrk2's
 # method, latency from each request's scheduled time; OPEN_REPS interleaved rounds of direct,
-# infergate, nginx, medians reported); 3. concurrent SSE streams, their starts staggered over one
+# infergate, nginx, medians reported), and the time each request spent inside the proxy read off
+# a loopback capture ("wire": the client's own lateness is not in it); 3. concurrent SSE streams, their starts staggered over one
 # event interval and then all at once (a burst), SSE_ROUNDS interleaved rounds, with the CPU time
 # the proxy and the upstream spent per event, and each event's delay across the proxy read off a
 # loopback capture ("wire": the proxy's segment to the client minus the upstream's segment to the
@@ -19,7 +20,7 @@
 #   DURATION=10 CONNS=128 STREAMS=1000 scripts/bench-proxy.sh
 #   STREAMS=1000 CHUNKS=60 INTERVAL_MS=50 SSE_ROUNDS=3 scripts/bench-proxy.sh  # phase 3 (the defaults)
 #   NO_BUILD=1 scripts/bench-proxy.sh   # use the release binaries already in target/
-#   WIRE=0 scripts/bench-proxy.sh       # no loopback capture in phase 3
+#   WIRE=0 scripts/bench-proxy.sh       # no loopback capture in phases 2 and 3
 #   WORKERS=1 scripts/bench-proxy.sh    # the gateway's --workers (default: one per core)
 #   BASELINE_BIN=/tmp/infergate-old scripts/bench-proxy.sh  # also measure another build ("baseline")
 #   INFERGATE_BIN=/tmp/infergate-abc123 NO_BUILD=1 scripts/bench-proxy.sh  # a copy of a known build
@@ -91,7 +92,7 @@ if [ -n "$PIN" ]; then
   cli+=(taskset -c "$CLIENT_CPUS"); srv+=(taskset -c "$SERVER_CPUS"); psrv+=(taskset -c "$SERVER_CPUS")
 fi
 if [ "$WIRE" != 0 ] && { ! command -v tcpdump >/dev/null || [ "$(id -u)" != 0 ]; }; then
-  log "no loopback capture in phase 3: it needs tcpdump (scripts/install-tools.sh) and root"; WIRE=0
+  log "no loopback capture in phases 2 and 3: it needs tcpdump (scripts/install-tools.sh) and root"; WIRE=0
 fi
 bin="$root/target/release"
 INFERGATE_BIN=${INFERGATE_BIN:-$bin/infergate}
@@ -227,6 +228,35 @@ for target in direct "${gateways[@]}" nginx; do
   RPS_ALL[$target]=$(IFS=,; echo "${rs[*]}")
 done
 
+# A loopback capture: $1 the filter, $2 the snap length. Every run of phases 2 and 3 is captured,
+# direct included, so that the capture's own CPU cost falls on every target alike.
+up_port=${up##*:}
+capture_start() {
+  rm -f "$tmp/cap.pcap"
+  tcpdump -i lo -nn -s "$2" -B 65536 -w "$tmp/cap.pcap" "$1" 2>"$tmp/tcpdump.err" &
+  capture_pid=$!
+  for _ in $(seq 1 100); do grep -q listening "$tmp/tcpdump.err" && break; sleep 0.05; done
+  sleep 0.2  # a margin: the run must not start before the capture does
+}
+# Stops the capture (not in a subshell: it waits for tcpdump to write its file); sets
+# capture_dropped to the segments the kernel dropped from it.
+capture_stop() {
+  # tcpdump reads the kernel's ring a block at a time, a block when full or 1 s old (cheaper during
+  # the run than --immediate-mode's wake per packet), and on SIGINT drops the block not yet read.
+  sleep 1.1
+  kill -INT "$capture_pid"; wait "$capture_pid" || true
+  capture_dropped=$(sed -n 's/^\([0-9]*\) packets dropped by kernel.*/\1/p' "$tmp/tcpdump.err")
+}
+capture_text() { tcpdump -r "$tmp/cap.pcap" -nn -tt -q -A 2>/dev/null; }
+# A run without wire figures: direct, WIRE=0, or a capture that holds nothing of the run.
+no_wire="wire_p50_us=- wire_p90_us=- wire_p99_us=- wire_p999_us=- wire_events=- wire_requests=- wire_rps=- wire_unmatched=- wire_dropped=-"
+# The median of the numeric arguments, or - when there is none.
+median_or_dash() {
+  local v=() x
+  for x in "$@"; do [[ $x =~ ^[0-9]+$ ]] && v+=("$x"); done
+  if [ ${#v[@]} -gt 0 ]; then median "${v[@]}"; else echo -; fi
+}
+
 half=$(( ${RPS[infergate]} / 2 ))
 open_args=(--conns "$OPEN_CONNS" --warmup "$WARMUP")
 [ -n "$POISSON" ] && open_args+=(--poisson)
@@ -250,11 +280,25 @@ for round in $(seq 1 "$OPEN_REPS"); do
   for target in direct "${gateways[@]}" nginx; do
     case $target in direct) a=$up ;; infergate) a=$gw ;; baseline) a=$base ;; nginx) a=$ngx ;; esac
     log "open loop round $round/$OPEN_REPS, $target at $half req/s for ${OPEN_DURATION}s (+${WARMUP}s warm-up)"
+    # Every segment with data to or from the upstream and the proxy: the four legs of each request.
+    [ "$WIRE" != 0 ] && capture_start "tcp and (port $up_port or port ${a##*:}) and greater 80" 512
     read -r _ st0 < <(machine_ticks)
     line=$("${cli[@]}" "$ex/bench_client" rate "http://$a/v1/chat/completions" "$half" "$OPEN_DURATION" "${open_args[@]}")
     read -r _ st1 < <(machine_ticks)
     O[steal,$target,$round]=$(( (st1 - st0) * 10 ))  # ms of CPU time stolen by the hypervisor, both cores
-    log "  $line steal_ms=${O[steal,$target,$round]}"
+    wire=$no_wire
+    if [ "$WIRE" != 0 ]; then
+      capture_stop
+      if [ $target != direct ]; then
+        wire="$(capture_text | "$ex/bench_client" wire-http "${a##*:}" "$up_port" "$(kv first_measured_id "$line")") wire_dropped=${capture_dropped:-?}"
+        if [ "$(kv wire_requests "$wire")" = 0 ]; then
+          log "  the capture holds no measured request: no wire figures for this run"
+          wire=$no_wire
+        fi
+      fi
+    fi
+    log "  $line steal_ms=${O[steal,$target,$round]} $wire"
+    for k in p50_us p90_us p99_us p999_us rps unmatched dropped; do O[w$k,$target,$round]=$(kv "wire_$k" "$wire"); done
     for k in achieved errors p50_us p90_us p99_us p999_us max_us late_client late_backlog client_cpu_pct valid; do
       O[$k,$target,$round]=$(kv "$k" "$line")
     done
@@ -297,6 +341,17 @@ for t in direct "${gateways[@]}" nginx; do
   RADD50[$t]=$(median "${adds50[@]}"); RADD90[$t]=$(median "${adds90[@]}")
   RADD[$t]=$(median "${adds[@]}"); RLATE[$t]=$lates; RBACK[$t]=$backs; RERR[$t]=$errs
   RCPU[$t]=${O[client_cpu_pct,$t,med]}; RP99S[$t]=$(IFS=,; echo "${p99s[*]}"); RSTEAL[$t]=$(IFS=,; echo "${steals[*]}")
+  # On the wire: medians over the rounds that have figures.
+  wp99s=(); lost=0
+  for k in p50_us p90_us p99_us p999_us rps; do
+    vals=(); for r in $(seq 1 "$OPEN_REPS"); do vals+=("${O[w$k,$t,$r]}"); done
+    O[w$k,$t,med]=$(median_or_dash "${vals[@]}")
+  done
+  for r in $(seq 1 "$OPEN_REPS"); do
+    wp99s+=("${O[wp99_us,$t,$r]:--}")
+    lost=$(( lost + ${O[wunmatched,$t,$r]:-0} + ${O[wdropped,$t,$r]:-0} ))
+  done
+  O[wp99s,$t]=$(IFS=,; echo "${wp99s[*]}"); O[wlost,$t]=$lost
 done
 
 # Two starts (bench_client's SseStart): staggered, the streams' events spread evenly over each
@@ -318,29 +373,6 @@ cpu_ns() {
   echo "$s"
 }
 per_event() { awk -v ns="$1" -v n="$2" 'BEGIN { printf "%.1f", ns / n / 1000 }'; }  # ns over n events -> us
-# A run without wire figures: direct, WIRE=0, or a capture that holds no event.
-no_wire="wire_p50_us=- wire_p99_us=- wire_p999_us=- wire_events=- wire_unmatched=- wire_dropped=-"
-# The loopback capture of one SSE run: the data segments the upstream sends, and those sent from
-# port $1 (the proxy's; for direct, the upstream's own). Every run is captured, direct included,
-# so that the capture's own CPU cost falls on every target alike.
-up_port=${up##*:}
-capture_start() {
-  rm -f "$tmp/sse.pcap"
-  tcpdump -i lo -nn -s 1024 -B 65536 -w "$tmp/sse.pcap" \
-    "tcp and (src port $up_port or src port $1) and greater 80" 2>"$tmp/tcpdump.err" &
-  capture_pid=$!
-  for _ in $(seq 1 100); do grep -q listening "$tmp/tcpdump.err" && break; sleep 0.05; done
-  sleep 0.2  # a margin: the run must not start before the capture does
-}
-# Stops the capture (not in a subshell: it waits for tcpdump to write its file); sets
-# capture_dropped to the segments the kernel dropped from it.
-capture_stop() {
-  # tcpdump reads the kernel's ring a block at a time, a block when full or 1 s old (cheaper during
-  # the run than --immediate-mode's wake per packet), and on SIGINT drops the block not yet read.
-  sleep 1.1
-  kill -INT "$capture_pid"; wait "$capture_pid" || true
-  capture_dropped=$(sed -n 's/^\([0-9]*\) packets dropped by kernel.*/\1/p' "$tmp/tcpdump.err")
-}
 declare -A S
 for round in $(seq 1 "$SSE_ROUNDS"); do
   for mode in staggered burst; do
@@ -354,7 +386,9 @@ for round in $(seq 1 "$SSE_ROUNDS"); do
         nginx) a=$ngx; mapfile -t procs < <(pgrep -P "$ngx_master") ;;
       esac
       log "SSE round $round/$SSE_ROUNDS, $STREAMS concurrent streams via $target ($n chunks, ${INTERVAL_MS} ms apart, $mode)"
-      [ "$WIRE" != 0 ] && capture_start "${a##*:}"
+      # The data segments the upstream sends, and those sent from the proxy's port (for direct,
+      # the upstream's own).
+      [ "$WIRE" != 0 ] && capture_start "tcp and (src port $up_port or src port ${a##*:}) and greater 80" 1024
       c0=$(cpu_ns "${procs[@]}"); u0=$(cpu_ns "$up_pid")
       line=$("${cli[@]}" "$ex/bench_client" sse "http://$a/v1/chat/completions" "$STREAMS" "$n" "$INTERVAL_MS" "${flag[@]}")
       c1=$(cpu_ns "${procs[@]}"); u1=$(cpu_ns "$up_pid")
@@ -362,8 +396,7 @@ for round in $(seq 1 "$SSE_ROUNDS"); do
       if [ "$WIRE" != 0 ]; then
         capture_stop
         if [ $target != direct ]; then
-          wire="$(tcpdump -r "$tmp/sse.pcap" -nn -tt -q -A 2>/dev/null |
-            "$ex/bench_client" wire "${a##*:}" "$up_port" "$(kv window_from_ns "$line")" "$(kv window_to_ns "$line")") wire_dropped=${capture_dropped:-?}"
+          wire="$(capture_text | "$ex/bench_client" wire "${a##*:}" "$up_port" "$(kv window_from_ns "$line")" "$(kv window_to_ns "$line")") wire_dropped=${capture_dropped:-?}"
           if [ "$(kv wire_events "$wire")" = 0 ]; then
             log "  the capture holds no event of the window: no wire figures for this run"
             wire=$no_wire
@@ -443,6 +476,16 @@ if [ "$open_valid" = yes ]; then
 else
   echo "open loop: NOT VALID: in some round the client sent more than 0.5% of requests >1 ms late by its own fault, or saw errors (see the log above)"
 fi
+if [ "$WIRE" != 0 ]; then
+  echo
+  echo "The same runs on the wire (loopback capture): the time each measured request spent inside the proxy, (request out to the upstream - request in from the client) + (answer out to the client - answer in from the upstream), each at the message's last segment; the client's own lateness is not in it; medians of $OPEN_REPS rounds; req/s: the rate requests came in at; lost: requests seen coming in and missing on a later leg, plus segments the kernel dropped from the capture, over all rounds:"
+  printf '| %-9s | %8s | %7s | %7s | %7s | %8s | %-34s | %6s |\n' target "req/s" "p50 us" "p90 us" "p99 us" "p99.9 us" "p99 per round" lost
+  printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' ----------- ---------- --------- --------- --------- ---------- ------------------------------------ --------
+  for t in "${gateways[@]}" nginx; do
+    printf '| %-9s | %8s | %7s | %7s | %7s | %8s | %-34s | %6s |\n' "$t" "${O[wrps,$t,med]}" "${O[wp50_us,$t,med]}" "${O[wp90_us,$t,med]}" \
+      "${O[wp99_us,$t,med]}" "${O[wp999_us,$t,med]}" "${O[wp99s,$t]}" "${O[wlost,$t]}"
+  done
+fi
 echo
 echo "$STREAMS concurrent SSE streams, events ${INTERVAL_MS} ms apart (chunk delivery delay, send -> receive, of the events sent while all $STREAMS streams were open; staggered: starts spread over one interval, $CHUNKS events per stream; burst: all at once, $BURST_CHUNKS events; ramp: until the last stream's head, with its own p99; medians of $SSE_ROUNDS interleaved rounds, added: median of the per-round differences to direct; complete: streams that reached [DONE], over all rounds; CPU: us per event delivered, the proxy's threads and the upstream's):"
 printf '| %-9s | %-9s | %9s | %8s | %8s | %8s | %12s | %-20s | %8s | %13s | %9s | %9s |\n' target start complete events "p50 us" "p99 us" "p99 added us" "p99 per round" "ramp ms" "ramp+all p99" "proxy cpu" "up cpu"
@@ -471,6 +514,8 @@ for t in direct "${gateways[@]}" nginx; do
   summary+=" ${t}_rps=${RPS[$t]} ${t}_rps_vs_nginx=${RATIO[$t]} ${t}_p50=${P50[$t]} ${t}_p99=${P99[$t]} ${t}_open_p99=${RP99[$t]} ${t}_open_added=${RADD[$t]}"
   summary+=" ${t}_open_p50_added=${RADD50[$t]} ${t}_open_p90_added=${RADD90[$t]} ${t}_open_added_clean=${RCLEAN[$t]}"
   summary+=" ${t}_open_p50=${RP50[$t]} ${t}_open_achieved=${RACH[$t]} ${t}_open_late_client=${RLATE[$t]} ${t}_open_late_backlog=${RBACK[$t]}"
+  [ $t = direct ] || [ "$WIRE" = 0 ] ||
+    summary+=" ${t}_open_wire_p50=${O[wp50_us,$t,med]} ${t}_open_wire_p99=${O[wp99_us,$t,med]}"
 done
 for t in direct "${gateways[@]}" nginx; do
   summary+=" ${t}_sse_p99=${SP99[$t,staggered]} ${t}_sse_added=${SADD[$t,staggered]}"

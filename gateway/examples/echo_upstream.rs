@@ -7,6 +7,9 @@
 //!   `x-chunks` header) `interval_ms` apart (default 50, or `x-interval-ms`), each carrying the
 //!   send time in nanoseconds since the Unix epoch (`{"t":...}`), then `[DONE]`;
 //! - any other request: the same 1 KiB JSON answer, after reading the body.
+//!
+//! A request's `x-bench-id` header (bench_client's `rate` numbers its requests) comes back on the
+//! answer, first among its headers, so a loopback capture can pair each answer with its request.
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -88,6 +91,7 @@ async fn serve(req: Request<Incoming>, body_1k: Bytes) -> Response<Out> {
         let page = "vllm:num_requests_waiting{model_name=\"m\"} 0\nvllm:num_requests_running{model_name=\"m\"} 0\nvllm:kv_cache_usage_perc{model_name=\"m\"} 0\n";
         return Response::new(Out::Full(Some(Bytes::from_static(page.as_bytes()))));
     }
+    let id = req.headers().get("x-bench-id").cloned();
     let chunks = header_num(&req, "x-chunks", 20);
     let interval = Duration::from_millis(header_num(&req, "x-interval-ms", 50));
     let body = req
@@ -99,6 +103,9 @@ async fn serve(req: Request<Incoming>, body_1k: Bytes) -> Response<Out> {
     let stream = body.windows(13).any(|w| w == b"\"stream\":true");
     if !stream {
         let mut resp = Response::new(Out::Full(Some(body_1k)));
+        if let Some(id) = id {
+            resp.headers_mut().insert("x-bench-id", id);
+        }
         resp.headers_mut()
             .insert("content-type", "application/json".parse().expect("static"));
         return resp;

@@ -6,7 +6,8 @@
 //!   *due* time to the last byte of the answer, so a stall is charged to every request it delays
 //!   (no coordinated omission). See `open_loop` for the design and the client-health counts.
 //!   Prints one `key=value` line: `rate achieved sent ok errors p50_us p90_us p99_us p999_us
-//!   max_us late_client late_backlog client_cpu_pct valid`.
+//!   max_us late_client late_backlog client_cpu_pct first_measured_id valid`. Each request carries
+//!   its slot number as `X-Bench-Id` (`first_measured_id`: the first slot after the warm-up).
 //! - `bench_client jitter SECONDS [PERIOD_US]`: no network; one thread sleeps to a deadline every
 //!   PERIOD_US (default 100) the way `rate` does, and reports how late it woke. The floor of the
 //!   machine's scheduling noise, for reading the `rate` figures (a VM's vCPU can stall for ms).
@@ -24,8 +25,12 @@
 //!   that window (the events' send times), for `wire`.
 //! - `bench_client wire PROXY_PORT UPSTREAM_PORT FROM_NS TO_NS`: the delay a proxy added to each
 //!   SSE event, from a loopback capture (`tcpdump -r FILE -nn -tt -q -A` on stdin); see `wire`.
+//! - `bench_client wire-http PROXY_PORT UPSTREAM_PORT FROM_ID`: the time each of `rate`'s requests
+//!   spent inside a proxy, from a loopback capture; see `wire_http`.
 
+mod capture;
 mod wire;
+mod wire_http;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -243,15 +248,24 @@ fn open_loop(o: &RateOpts) {
     let due_ns = Arc::new(schedule(o.rps, total_secs, o.poisson));
     let warm_ns = (o.warmup * 1e9) as u64;
     let body = body_1k();
-    let mut req = format!(
-        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+    // Each request carries its slot as `X-Bench-Id` (for `wire-http`), written over a fixed-width
+    // field of the request's bytes, so a send costs no formatting.
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\n{}",
         o.path,
         o.host,
-        body.len()
+        wire_http::ID_HEADER
+    );
+    let id_at = head.len()..head.len() + ID_DIGITS;
+    let mut req = format!(
+        "{head}{:0w$}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        0,
+        body.len(),
+        w = ID_DIGITS
     )
     .into_bytes();
     req.extend_from_slice(&body);
-    let req = Arc::new(req);
+    let first_measured_id = due_ns.partition_point(|&ns| ns < warm_ns);
     let mut conns = Vec::with_capacity(o.conns);
     for _ in 0..o.conns {
         match Conn::open(&o.host) {
@@ -271,8 +285,9 @@ fn open_loop(o: &RateOpts) {
     let threads: Vec<_> = conns
         .into_iter()
         .map(|mut conn| {
-            let (due_ns, next, req, host) =
-                (due_ns.clone(), next.clone(), req.clone(), o.host.clone());
+            let (due_ns, next, host, id_at) =
+                (due_ns.clone(), next.clone(), o.host.clone(), id_at.clone());
+            let mut req = req.clone();
             std::thread::spawn(move || {
                 let mut t = Tally {
                     lat_us: Vec::with_capacity(per_conn),
@@ -282,6 +297,7 @@ fn open_loop(o: &RateOpts) {
                     let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                     let Some(&ns) = due_ns.get(i) else { break };
                     let due = start + Duration::from_nanos(ns);
+                    write_id(&mut req[id_at.clone()], i);
                     let taken = Instant::now();
                     if taken < due {
                         std::thread::sleep(due - taken);
@@ -357,7 +373,7 @@ fn open_loop(o: &RateOpts) {
     println!(
         "rate={:.0} achieved={achieved:.0} sent={sent} ok={} errors={} p50_us={} p90_us={} \
          p99_us={} p999_us={} max_us={} late_client={} late_backlog={} client_cpu_pct={cpu_pct} \
-         valid={}",
+         first_measured_id={first_measured_id} valid={}",
         o.rps,
         all.ok,
         all.errors,
@@ -370,6 +386,17 @@ fn open_loop(o: &RateOpts) {
         all.late_backlog,
         if valid { "yes" } else { "no" }
     );
+}
+
+/// Digits of the `X-Bench-Id` field: enough for any schedule (10^10 slots).
+const ID_DIGITS: usize = 10;
+
+/// Writes `id` into `field` as zero-padded decimal digits.
+fn write_id(field: &mut [u8], mut id: usize) {
+    for b in field.iter_mut().rev() {
+        *b = b'0' + (id % 10) as u8;
+        id /= 10;
+    }
 }
 
 /// The `jitter` mode: wake-up lateness of a thread pacing itself like an idle `rate` thread.
@@ -634,7 +661,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage = "usage: bench_client rate URL RPS SECONDS [--conns N] [--warmup SECONDS] \
                  [--poisson] | jitter SECONDS [PERIOD_US] | sse URL STREAMS CHUNKS INTERVAL_MS [--burst] \
-                 | wire PROXY_PORT UPSTREAM_PORT FROM_NS TO_NS";
+                 | wire PROXY_PORT UPSTREAM_PORT FROM_NS TO_NS | wire-http PROXY_PORT UPSTREAM_PORT FROM_ID";
     let arg = |i: usize| args.get(i).and_then(|a| a.parse::<f64>().ok());
     match args.get(1).map(String::as_str) {
         Some("jitter") => match (arg(2), args.get(3).map_or(Some(100.0), |_| arg(3))) {
@@ -672,6 +699,20 @@ fn main() {
             let ns = |i: usize| args.get(i).and_then(|a| a.parse::<u64>().ok());
             match (port(2), port(3), ns(4), ns(5)) {
                 (Some(proxy), Some(up), Some(from), Some(to)) => wire::run(proxy, up, from, to),
+                _ => {
+                    eprintln!("{usage}");
+                    std::process::exit(2);
+                }
+            }
+        }
+        Some("wire-http") => {
+            let port = |i: usize| args.get(i).and_then(|a| a.parse::<u16>().ok());
+            match (
+                port(2),
+                port(3),
+                args.get(4).and_then(|a| a.parse::<u64>().ok()),
+            ) {
+                (Some(proxy), Some(up), Some(from_id)) => wire_http::run(proxy, up, from_id),
                 _ => {
                     eprintln!("{usage}");
                     std::process::exit(2);
@@ -733,6 +774,15 @@ mod tests {
     fn garbage_is_an_error_not_a_hang() {
         assert!(parse_answer(b"nonsense\r\n\r\n").is_err());
         assert!(parse_answer(b"HTTP/1.1 200 OK\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn ids_are_written_zero_padded_over_their_field() {
+        let mut req = b"X-Bench-Id: 0000000000\r\n".to_vec();
+        write_id(&mut req[12..22], 4711);
+        assert_eq!(req, b"X-Bench-Id: 0000004711\r\n");
+        write_id(&mut req[12..22], 0);
+        assert_eq!(req, b"X-Bench-Id: 0000000000\r\n");
     }
 
     #[test]

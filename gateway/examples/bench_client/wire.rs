@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::io::BufRead;
 
+use super::capture::header;
 use super::{SENT_AT, pct, sent_time};
 
 /// Which leg of the proxy's path a packet is on, by its source port.
@@ -44,9 +45,9 @@ impl Legs {
         let (mut at, mut leg) = (0, Leg::Other);
         for line in input.split(b'\n') {
             let Ok(line) = line else { break };
-            if let Some((t, src)) = header(&line) {
-                at = t;
-                leg = match src {
+            if let Some(p) = header(&line) {
+                at = p.at_us;
+                leg = match p.src_port {
                     p if p == upstream_port => Leg::Inbound,
                     p if p == proxy_port => Leg::Outbound,
                     _ => Leg::Other,
@@ -81,22 +82,6 @@ impl Legs {
         delays.sort_unstable();
         (delays, unmatched)
     }
-}
-
-/// `1796226922.499055 IP 127.0.0.1.45105 > 127.0.0.1.38854: tcp 39` -> (time in us, source port).
-fn header(line: &[u8]) -> Option<(u64, u16)> {
-    let line = std::str::from_utf8(line).ok()?;
-    let mut words = line.split(' ');
-    let (secs, micros) = words.next()?.split_once('.')?;
-    if words.next()? != "IP" {
-        return None;
-    }
-    let src_port = words.next()?.rsplit('.').next()?.parse().ok()?;
-    // The fraction in us, whatever digits tcpdump printed (6, or 9 with nanosecond stamps).
-    let fraction = &micros[..micros.len().min(6)];
-    let scale = 10u64.pow(6 - fraction.len() as u32);
-    let micros = fraction.parse::<u64>().ok()? * scale;
-    Some((secs.parse::<u64>().ok()? * 1_000_000 + micros, src_port))
 }
 
 /// The ids (send times) of the events in one line of a packet's bytes.
@@ -175,16 +160,7 @@ data: {\"t\":2000}data: {\"t\":3000}data: {\"t\":1000}
     }
 
     #[test]
-    fn lines_that_are_not_headers_are_not_taken_for_one() {
-        assert_eq!(header(b"21\r"), None);
-        assert_eq!(
-            header(b"1796226922.499055 IP6 ::1.9000 > ::1.1: tcp 3"),
-            None
-        );
-        assert_eq!(
-            header(b"1796226922.4990 IP 127.0.0.1.9000 > 127.0.0.1.1: tcp 3"),
-            Some((1_796_226_922_499_000, 9000))
-        );
+    fn event_ids_are_whole_send_times() {
         let ids: Vec<u64> = event_ids(b"{\"t\":12{\"t\":x}{\"t\":34}{\"t\":5").collect();
         assert_eq!(ids, [34]);
     }
