@@ -2,6 +2,21 @@
 //! as text (non-printing bytes as `.`, `\r\n` as a line break). Shared by `wire` (SSE events)
 //! and `wire_http` (requests and answers).
 
+use super::pct;
+
+/// The percentiles of delays measured on the wire (us, sorted), as the `key=value` words the
+/// wire readers print: `wire_p50_us` to `wire_max_us`.
+pub fn wire_percentiles(sorted: &[u64]) -> String {
+    format!(
+        "wire_p50_us={} wire_p90_us={} wire_p99_us={} wire_p999_us={} wire_max_us={}",
+        pct(sorted, 0.5),
+        pct(sorted, 0.9),
+        pct(sorted, 0.99),
+        pct(sorted, 0.999),
+        pct(sorted, 1.0),
+    )
+}
+
 /// What a packet's header line says.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Packet {

@@ -17,8 +17,8 @@
 use std::collections::HashMap;
 use std::io::BufRead;
 
-use super::capture::header;
-use super::{SENT_AT, pct, sent_time};
+use super::capture::{header, wire_percentiles};
+use super::{SENT_AT, sent_time};
 
 /// Which leg of the proxy's path a packet is on, by its source port.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -104,14 +104,9 @@ pub fn run(proxy_port: u16, upstream_port: u16, from: u64, to: u64) {
     let legs = Legs::read(std::io::stdin().lock(), proxy_port, upstream_port);
     let (d, unmatched) = legs.delays(from, to);
     println!(
-        "wire_events={} wire_unmatched={unmatched} wire_p50_us={} wire_p90_us={} wire_p99_us={} \
-         wire_p999_us={} wire_max_us={}",
+        "wire_events={} wire_unmatched={unmatched} {}",
         d.len(),
-        pct(&d, 0.5),
-        pct(&d, 0.9),
-        pct(&d, 0.99),
-        pct(&d, 0.999),
-        pct(&d, 1.0),
+        wire_percentiles(&d)
     );
 }
 

@@ -27,8 +27,7 @@
 use std::collections::HashMap;
 use std::io::BufRead;
 
-use super::capture::header;
-use super::pct;
+use super::capture::{header, wire_percentiles};
 
 /// The header that numbers a request and its answer (compared without regard to case: nginx
 /// keeps the client's spelling, hyper writes names in lower case).
@@ -154,14 +153,9 @@ pub fn run(proxy_port: u16, upstream_port: u16, from_id: u64) {
     let ex = Exchanges::read(std::io::stdin().lock(), proxy_port, upstream_port);
     let (t, unmatched, rps) = ex.residences(from_id);
     println!(
-        "wire_requests={} wire_unmatched={unmatched} wire_rps={rps:.0} wire_p50_us={} \
-         wire_p90_us={} wire_p99_us={} wire_p999_us={} wire_max_us={}",
+        "wire_requests={} wire_unmatched={unmatched} wire_rps={rps:.0} {}",
         t.len(),
-        pct(&t, 0.5),
-        pct(&t, 0.9),
-        pct(&t, 0.99),
-        pct(&t, 0.999),
-        pct(&t, 1.0),
+        wire_percentiles(&t)
     );
 }
 
