@@ -2,7 +2,37 @@
 //! as text (non-printing bytes as `.`, `\r\n` as a line break). Shared by `wire` (SSE events)
 //! and `wire_http` (requests and answers).
 
+use std::io::BufRead;
+
 use super::pct;
+
+/// Calls `each` with every packet of tcpdump's text, once all its lines are read: its header
+/// and its bytes as text (the lines after the header line, joined by `\n`). Whole packets,
+/// because the IP and TCP headers printed as text can hold line breaks of their own: a line of
+/// a packet is not a unit of its payload.
+pub fn for_each_packet(input: impl BufRead, mut each: impl FnMut(Packet, &[u8])) {
+    let mut current: Option<Packet> = None;
+    let mut text = Vec::new();
+    for line in input.split(b'\n') {
+        let Ok(line) = line else { break };
+        if let Some(p) = header(&line) {
+            if let Some(done) = current.replace(p) {
+                each(done, &text);
+            }
+            text.clear();
+            continue;
+        }
+        if current.is_some() {
+            if !text.is_empty() {
+                text.push(b'\n');
+            }
+            text.extend_from_slice(&line);
+        }
+    }
+    if let Some(done) = current {
+        each(done, &text);
+    }
+}
 
 /// The percentiles of delays measured on the wire (us, sorted), as the `key=value` words the
 /// wire readers print: `wire_p50_us` to `wire_max_us`.
@@ -55,6 +85,26 @@ pub fn header(line: &[u8]) -> Option<Packet> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_packet_is_handed_over_whole_with_its_lines() {
+        let text = "stray line\n\
+1.5 IP 127.0.0.1.1 > 127.0.0.1.2: tcp 9\n\
+E..4..\n\
+..HTTP/1.1 200 OK\n\
+2.0 IP 127.0.0.1.2 > 127.0.0.1.1: tcp 0\n";
+        let mut seen = Vec::new();
+        for_each_packet(text.as_bytes(), |p, bytes| {
+            seen.push((p.at_us, p.src_port, bytes.to_vec()))
+        });
+        assert_eq!(
+            seen,
+            [
+                (1_500_000, 1, b"E..4..\n..HTTP/1.1 200 OK".to_vec()),
+                (2_000_000, 2, b"".to_vec()),
+            ]
+        );
+    }
 
     #[test]
     fn lines_that_are_not_headers_are_not_taken_for_one() {

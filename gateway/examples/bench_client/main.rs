@@ -663,6 +663,8 @@ fn main() {
                  [--poisson] | jitter SECONDS [PERIOD_US] | sse URL STREAMS CHUNKS INTERVAL_MS [--burst] \
                  | wire PROXY_PORT UPSTREAM_PORT FROM_NS TO_NS | wire-http PROXY_PORT UPSTREAM_PORT FROM_ID";
     let arg = |i: usize| args.get(i).and_then(|a| a.parse::<f64>().ok());
+    let port = |i: usize| args.get(i).and_then(|a| a.parse::<u16>().ok());
+    let int = |i: usize| args.get(i).and_then(|a| a.parse::<u64>().ok());
     match args.get(1).map(String::as_str) {
         Some("jitter") => match (arg(2), args.get(3).map_or(Some(100.0), |_| arg(3))) {
             (Some(secs), Some(period)) if secs > 0.0 && period >= 1.0 => {
@@ -694,31 +696,20 @@ fn main() {
             };
             rt.block_on(sse(args[2].clone(), num(3) as usize, num(4), num(5), start));
         }
-        Some("wire") => {
-            let port = |i: usize| args.get(i).and_then(|a| a.parse::<u16>().ok());
-            let ns = |i: usize| args.get(i).and_then(|a| a.parse::<u64>().ok());
-            match (port(2), port(3), ns(4), ns(5)) {
-                (Some(proxy), Some(up), Some(from), Some(to)) => wire::run(proxy, up, from, to),
-                _ => {
-                    eprintln!("{usage}");
-                    std::process::exit(2);
-                }
+        Some("wire") => match (port(2), port(3), int(4), int(5)) {
+            (Some(proxy), Some(up), Some(from), Some(to)) => wire::run(proxy, up, from, to),
+            _ => {
+                eprintln!("{usage}");
+                std::process::exit(2);
             }
-        }
-        Some("wire-http") => {
-            let port = |i: usize| args.get(i).and_then(|a| a.parse::<u16>().ok());
-            match (
-                port(2),
-                port(3),
-                args.get(4).and_then(|a| a.parse::<u64>().ok()),
-            ) {
-                (Some(proxy), Some(up), Some(from_id)) => wire_http::run(proxy, up, from_id),
-                _ => {
-                    eprintln!("{usage}");
-                    std::process::exit(2);
-                }
+        },
+        Some("wire-http") => match (port(2), port(3), int(4)) {
+            (Some(proxy), Some(up), Some(from_id)) => wire_http::run(proxy, up, from_id),
+            _ => {
+                eprintln!("{usage}");
+                std::process::exit(2);
             }
-        }
+        },
         _ => {
             eprintln!("{usage}");
             std::process::exit(2);

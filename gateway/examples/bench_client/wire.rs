@@ -17,18 +17,8 @@
 use std::collections::HashMap;
 use std::io::BufRead;
 
-use super::capture::{header, wire_percentiles};
+use super::capture::{for_each_packet, wire_percentiles};
 use super::{SENT_AT, sent_time};
-
-/// Which leg of the proxy's path a packet is on, by its source port.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Leg {
-    /// From the upstream, to the proxy.
-    Inbound,
-    /// From the proxy, to the client.
-    Outbound,
-    Other,
-}
 
 /// First time (us since the epoch) each event was seen on each leg.
 #[derive(Default)]
@@ -38,31 +28,20 @@ pub struct Legs {
 }
 
 impl Legs {
-    /// Reads tcpdump's text: a packet's header line sets the time and the sender for the lines of
-    /// bytes that follow it.
+    /// Reads tcpdump's text: each event in a packet is seen on the leg of its sender, at the
+    /// packet's time.
     pub fn read(input: impl BufRead, proxy_port: u16, upstream_port: u16) -> Self {
         let mut legs = Legs::default();
-        let (mut at, mut leg) = (0, Leg::Other);
-        for line in input.split(b'\n') {
-            let Ok(line) = line else { break };
-            if let Some(p) = header(&line) {
-                at = p.at_us;
-                leg = match p.src_port {
-                    p if p == upstream_port => Leg::Inbound,
-                    p if p == proxy_port => Leg::Outbound,
-                    _ => Leg::Other,
-                };
-                continue;
-            }
-            let seen = match leg {
-                Leg::Inbound => &mut legs.inbound,
-                Leg::Outbound => &mut legs.outbound,
-                Leg::Other => continue,
+        for_each_packet(input, |p, text| {
+            let seen = match p.src_port {
+                s if s == upstream_port => &mut legs.inbound,
+                s if s == proxy_port => &mut legs.outbound,
+                _ => return,
             };
-            for id in event_ids(&line) {
-                seen.entry(id).or_insert(at);
+            for id in event_ids(text) {
+                seen.entry(id).or_insert(p.at_us);
             }
-        }
+        });
         legs
     }
 
@@ -84,7 +63,7 @@ impl Legs {
     }
 }
 
-/// The ids (send times) of the events in one line of a packet's bytes.
+/// The ids (send times) of the events in a packet's bytes.
 fn event_ids(line: &[u8]) -> impl Iterator<Item = u64> + '_ {
     let mut rest = line;
     std::iter::from_fn(move || {

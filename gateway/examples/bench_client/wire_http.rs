@@ -27,7 +27,7 @@
 use std::collections::HashMap;
 use std::io::BufRead;
 
-use super::capture::{header, wire_percentiles};
+use super::capture::{for_each_packet, wire_percentiles};
 
 /// The header that numbers a request and its answer (compared without regard to case: nginx
 /// keeps the client's spelling, hyper writes names in lower case).
@@ -58,9 +58,6 @@ impl Leg {
     }
 }
 
-/// A segment on one of the legs: its time, leg, and direction (source and destination port).
-type Packet = (u64, Leg, (u16, u16));
-
 /// The last segment's time (us since the epoch) of each request's message on each leg.
 #[derive(Default)]
 pub struct Exchanges {
@@ -69,44 +66,31 @@ pub struct Exchanges {
 
 impl Exchanges {
     /// Reads tcpdump's text. Per direction of each connection (source and destination port), the
-    /// id of the message its segments belong to; a segment counts for the message it leaves
-    /// current once its lines are all read (the IP and TCP headers, printed as text before the
-    /// payload, can hold line breaks: lines of a new message's segment come before its start).
+    /// id of the message its segments belong to; a segment counts for the message that is
+    /// current once its bytes are read (a segment that starts a message counts for that one).
     pub fn read(input: impl BufRead, proxy_port: u16, upstream_port: u16) -> Self {
         let mut ex = Exchanges::default();
         let mut current: HashMap<(u16, u16), Option<u64>> = HashMap::new();
-        // The packet being read: its time, leg and direction.
-        let mut packet: Option<Packet> = None;
-        for line in input.split(b'\n') {
-            let Ok(line) = line else { break };
-            if let Some(p) = header(&line) {
-                ex.count(packet, &current);
-                packet = Leg::of(p.src_port, p.dst_port, proxy_port, upstream_port)
-                    .map(|leg| (p.at_us, leg, (p.src_port, p.dst_port)));
-                continue;
+        for_each_packet(input, |p, text| {
+            let Some(leg) = Leg::of(p.src_port, p.dst_port, proxy_port, upstream_port) else {
+                return;
+            };
+            let id = current.entry((p.src_port, p.dst_port)).or_default();
+            for line in text.split(|&b| b == b'\n') {
+                // A request line or a status line starts a message (the bodies here never hold
+                // `HTTP/1.1`); the id header follows it.
+                if line.windows(8).any(|w| w == b"HTTP/1.1") {
+                    *id = None;
+                }
+                if let Some(n) = id_in(line) {
+                    *id = Some(n);
+                }
             }
-            let Some((_, _, flow)) = packet else { continue };
-            let id = current.entry(flow).or_default();
-            // A request line or a status line starts a message (the bodies here never hold
-            // `HTTP/1.1`); the id header follows it.
-            if line.windows(8).any(|w| w == b"HTTP/1.1") {
-                *id = None;
+            if let Some(n) = *id {
+                ex.last[leg as usize].insert(n, p.at_us);
             }
-            if let Some(n) = id_in(&line) {
-                *id = Some(n);
-            }
-        }
-        ex.count(packet, &current);
+        });
         ex
-    }
-
-    /// Counts a segment, whose lines are all read, for the message its direction is on.
-    fn count(&mut self, packet: Option<Packet>, current: &HashMap<(u16, u16), Option<u64>>) {
-        if let Some((at, leg, flow)) = packet
-            && let Some(&Some(id)) = current.get(&flow)
-        {
-            self.last[leg as usize].insert(id, at);
-        }
     }
 
     /// Residence times in us (sorted) of the requests with ids from `from_id` on seen on every
