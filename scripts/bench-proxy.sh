@@ -248,6 +248,17 @@ capture_stop() {
   capture_dropped=$(sed -n 's/^\([0-9]*\) packets dropped by kernel.*/\1/p' "$tmp/tcpdump.err")
 }
 capture_text() { tcpdump -r "$tmp/cap.pcap" -nn -tt -q -A 2>/dev/null; }
+# The wire figures of the run just captured (after capture_stop): `bench_client $1 ARGS...` over
+# the capture, plus the segments the kernel dropped; $no_wire when its count ($2) is 0.
+wire_of() {
+  local reader=$1 count=$2 out; shift 2
+  out="$(capture_text | "$ex/bench_client" "$reader" "$@") wire_dropped=${capture_dropped:-?}"
+  if [ "$(kv "$count" "$out")" = 0 ]; then
+    log "  the capture holds nothing of the measured window: no wire figures for this run"
+    out=$no_wire
+  fi
+  echo "$out"
+}
 # A run without wire figures: direct, WIRE=0, or a capture that holds nothing of the run.
 no_wire="wire_p50_us=- wire_p90_us=- wire_p99_us=- wire_p999_us=- wire_events=- wire_requests=- wire_rps=- wire_unmatched=- wire_dropped=-"
 # The median of the numeric arguments, or - when there is none.
@@ -289,13 +300,8 @@ for round in $(seq 1 "$OPEN_REPS"); do
     wire=$no_wire
     if [ "$WIRE" != 0 ]; then
       capture_stop
-      if [ $target != direct ]; then
-        wire="$(capture_text | "$ex/bench_client" wire-http "${a##*:}" "$up_port" "$(kv first_measured_id "$line")") wire_dropped=${capture_dropped:-?}"
-        if [ "$(kv wire_requests "$wire")" = 0 ]; then
-          log "  the capture holds no measured request: no wire figures for this run"
-          wire=$no_wire
-        fi
-      fi
+      [ $target = direct ] ||
+        wire=$(wire_of wire-http wire_requests "${a##*:}" "$up_port" "$(kv first_measured_id "$line")")
     fi
     log "  $line steal_ms=${O[steal,$target,$round]} $wire"
     for k in p50_us p90_us p99_us p999_us rps unmatched dropped; do O[w$k,$target,$round]=$(kv "wire_$k" "$wire"); done
@@ -395,13 +401,8 @@ for round in $(seq 1 "$SSE_ROUNDS"); do
       wire=$no_wire
       if [ "$WIRE" != 0 ]; then
         capture_stop
-        if [ $target != direct ]; then
-          wire="$(capture_text | "$ex/bench_client" wire "${a##*:}" "$up_port" "$(kv window_from_ns "$line")" "$(kv window_to_ns "$line")") wire_dropped=${capture_dropped:-?}"
-          if [ "$(kv wire_events "$wire")" = 0 ]; then
-            log "  the capture holds no event of the window: no wire figures for this run"
-            wire=$no_wire
-          fi
-        fi
+        [ $target = direct ] ||
+          wire=$(wire_of wire wire_events "${a##*:}" "$up_port" "$(kv window_from_ns "$line")" "$(kv window_to_ns "$line")")
       fi
       ev=$(kv all_chunks "$line"); [ "${ev:-0}" -gt 0 ] || ev=1
       S[cpu,$target,$mode,$round]=$(per_event $((c1 - c0)) "$ev"); S[ucpu,$target,$mode,$round]=$(per_event $((u1 - u0)) "$ev")
