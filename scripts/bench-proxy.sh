@@ -5,7 +5,9 @@
 # run it by hand (it takes two to three minutes), and copy the tables into docs/BENCHMARKS.md.
 #
 # Phases: 0. the machine's scheduling floor (`bench_client jitter`: how late an idle thread wakes);
-# 1. closed loop, wrk, interleaved rounds; 2. open loop at half of infergate's wrk peak (`bench_client rate`: wrk2's
+# 1. closed loop, wrk, interleaved rounds, with each proxy's CPU time per request, and a bare
+# hyper proxy beside the gateway (gateway/examples/bare_proxy.rs: the floor of the gateway's stack,
+# measured in this phase only); 2. open loop at half of infergate's wrk peak (`bench_client rate`: wrk2's
 # method, latency from each request's scheduled time; OPEN_REPS interleaved rounds of direct,
 # infergate, nginx, medians reported), and the time each request spent inside the proxy read off
 # a loopback capture ("wire": the client's own lateness is not in it); 3. concurrent SSE streams, their starts staggered over one
@@ -76,7 +78,7 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 
 if [ -z "${NO_BUILD:-}" ]; then
   log "building (release)"
-  (cd "$root" && cargo build --release -q --bin infergate && cargo build --release -q -p infergate-gateway --example echo_upstream --example bench_client)
+  (cd "$root" && cargo build --release -q --bin infergate && cargo build --release -q -p infergate-gateway --example echo_upstream --example bench_client --example bare_proxy)
 fi
 # cli: prefix for load clients; srv: for the upstream; psrv: for the proxies (empty unless PIN or
 # PRIO is set).
@@ -134,6 +136,11 @@ if [ -n "$BASELINE_BIN" ]; then
     --flavor vllm --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0)
   gateways+=(baseline)
 fi
+# The floor of the stack, with the proxies' CPU setting (its workers: one per core it may use).
+hyper=$(start hyper "$tmp/hyper.out" "${psrv[@]}" "$ex/bare_proxy" "$up")
+# start() runs in a subshell, so its pids come from $tmp/pids, in start order.
+up_pid=$(sed -n 1p "$tmp/pids"); gw_pid=$(sed -n 2p "$tmp/pids"); base_pid=$(sed -n 3p "$tmp/pids")
+hyper_pid=$(tail -n 1 "$tmp/pids")
 ngx_port=$(free_port)
 mkdir -p "$tmp/nginx"
 ngx_workers=auto
@@ -171,6 +178,26 @@ for _ in $(seq 1 100); do
 done
 ngx="127.0.0.1:$ngx_port"
 
+# Sets a, the address of target $1, and procs, the processes whose CPU time is its (none for
+# direct).
+target_of() {
+  case $1 in
+    direct) a=$up; procs=() ;;
+    infergate) a=$gw; procs=("$gw_pid") ;;
+    baseline) a=$base; procs=("$base_pid") ;;
+    hyper) a=$hyper; procs=("$hyper_pid") ;;
+    nginx) a=$ngx; mapfile -t procs < <(pgrep -P "$ngx_master") ;;
+  esac
+}
+# The CPU time (ns, schedstat, every thread) the processes given have used so far.
+cpu_ns() {
+  local p t s=0
+  for p in "$@"; do
+    for t in /proc/"$p"/task/*/schedstat; do read -r c _ <"$t" && s=$((s + c)); done 2>/dev/null
+  done
+  echo "$s"
+}
+
 body=$(python3 -c 'h="{\"model\":\"m\",\"max_tokens\":16,\"messages\":[{\"role\":\"user\",\"content\":\""; t="\"}]}"; print(h+"y"*(1024-len(h)-len(t))+t)')
 cat >"$tmp/post.lua" <<LUA
 wrk.method = "POST"
@@ -178,7 +205,7 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.body = '$body'
 LUA
 
-# wrk phase -> "rps p50 p99" (latencies in microseconds).
+# wrk phase -> "rps p50 p99 non-2xx requests" (latencies in microseconds).
 run_wrk() {
   local url=$1
   "${cli[@]}" wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency -s "$tmp/post.lua" "$url/v1/chat/completions" >"$tmp/wrk.out"
@@ -188,7 +215,8 @@ run_wrk() {
     /^ +50%/ { p50=us($2) }
     /^ +99%/ { p99=us($2) }
     /Non-2xx/ { bad=$NF }
-    END { printf "%.0f %.0f %.0f %s\n", rps, p50, p99, (bad==""?0:bad) }' "$tmp/wrk.out"
+    / requests in / { n=$1 }
+    END { printf "%.0f %.0f %.0f %s %d\n", rps, p50, p99, (bad==""?0:bad), n }' "$tmp/wrk.out"
 }
 
 log "scheduling floor: bench_client jitter 3 (an idle thread waking every 100 us)"
@@ -197,35 +225,43 @@ kv() { sed -n "s/.*\b$1=\([0-9.a-z]*\).*/\1/p" <<<"$2"; }
 
 # WRK_ROUNDS interleaved rounds (each target once per round, in turn), so that a slow spell of a
 # shared machine falls on every target alike; each figure is the median over the rounds, and the
-# ratio to nginx the median of the per-round ratios.
-declare -A RPS P50 P99 BAD W
-for target in direct "${gateways[@]}" nginx; do
-  case $target in direct) a=$up ;; infergate) a=$gw ;; baseline) a=$base ;; nginx) a=$ngx ;; esac
+# ratio to nginx the median of the per-round ratios. The proxy's CPU time per request completed
+# is what its throughput on a shared machine comes down to.
+closed=(direct "${gateways[@]}" hyper nginx)
+declare -A RPS P50 P99 BAD W CPU
+for target in "${closed[@]}"; do
+  target_of "$target"
   "${cli[@]}" wrk -t1 -c4 -d1s -s "$tmp/post.lua" "http://$a/v1/chat/completions" >/dev/null  # warm-up
 done
 for round in $(seq 1 "$WRK_ROUNDS"); do
-  for target in direct "${gateways[@]}" nginx; do
-    case $target in direct) a=$up ;; infergate) a=$gw ;; baseline) a=$base ;; nginx) a=$ngx ;; esac
+  for target in "${closed[@]}"; do
+    target_of "$target"
     log "wrk round $round/$WRK_ROUNDS, $target: ${THREADS} threads, ${CONNS} connections, ${DURATION}s"
-    read -r r p50 p99 bad < <(run_wrk "http://$a")
+    c0=$(cpu_ns "${procs[@]}")
+    read -r r p50 p99 bad n < <(run_wrk "http://$a")
+    c1=$(cpu_ns "${procs[@]}")
     W[rps,$target,$round]=$r; W[p50,$target,$round]=$p50; W[p99,$target,$round]=$p99
+    W[cpu,$target,$round]=$(awk -v ns=$((c1 - c0)) -v n="$n" 'BEGIN { printf "%.1f", (n > 0 ? ns / n / 1000 : 0) }')
     BAD[$target]=$(( ${BAD[$target]:-0} + bad ))
-    log "  req/s $r, p50 $p50 us, p99 $p99 us"
+    log "  req/s $r, p50 $p50 us, p99 $p99 us, proxy CPU ${W[cpu,$target,$round]} us per request"
   done
 done
 # The median of the arguments; MEDIAN_FMT (printf, default whole numbers) formats the mean of the
 # two middle values when there is an even count.
 median() { printf '%s\n' "$@" | sort -n | awk -v f="${MEDIAN_FMT:-%.0f}" '{a[NR]=$1} END { if (NR % 2) print a[(NR+1)/2]; else printf f "\n", (a[NR/2]+a[NR/2+1])/2 }'; }
-declare -A RATIO RPS_ALL
-for target in direct "${gateways[@]}" nginx; do
-  rs=(); p50s=(); p99s=(); ratios=()
+declare -A RATIO RPS_ALL CPU_ALL
+for target in "${closed[@]}"; do
+  rs=(); p50s=(); p99s=(); ratios=(); cpus=()
   for round in $(seq 1 "$WRK_ROUNDS"); do
     rs+=("${W[rps,$target,$round]}"); p50s+=("${W[p50,$target,$round]}"); p99s+=("${W[p99,$target,$round]}")
+    cpus+=("${W[cpu,$target,$round]}")
     ratios+=("$(awk -v a="${W[rps,$target,$round]}" -v b="${W[rps,nginx,$round]}" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')")
   done
   RPS[$target]=$(median "${rs[@]}"); P50[$target]=$(median "${p50s[@]}"); P99[$target]=$(median "${p99s[@]}")
   RATIO[$target]=$(MEDIAN_FMT=%.3f median "${ratios[@]}")
   RPS_ALL[$target]=$(IFS=,; echo "${rs[*]}")
+  CPU[$target]=$(MEDIAN_FMT=%.1f median "${cpus[@]}"); CPU_ALL[$target]=$(IFS=,; echo "${cpus[*]}")
+  [ "$target" = direct ] && CPU[$target]=- && CPU_ALL[$target]=-
 done
 
 # A loopback capture: $1 the filter, $2 the snap length. Every run of phases 2 and 3 is captured,
@@ -289,7 +325,7 @@ declare -A O
 open_valid=yes
 for round in $(seq 1 "$OPEN_REPS"); do
   for target in direct "${gateways[@]}" nginx; do
-    case $target in direct) a=$up ;; infergate) a=$gw ;; baseline) a=$base ;; nginx) a=$ngx ;; esac
+    target_of "$target"
     log "open loop round $round/$OPEN_REPS, $target at $half req/s for ${OPEN_DURATION}s (+${WARMUP}s warm-up)"
     # Every segment with data to or from the upstream and the proxy: the four legs of each request.
     [ "$WIRE" != 0 ] && capture_start "tcp and (port $up_port or port ${a##*:}) and greater 80" 512
@@ -369,15 +405,6 @@ done
 # SSE_ROUNDS interleaved rounds, as for the other phases: the tail of a few seconds of events on
 # a shared machine moves by milliseconds from one run to the next. Each run also reads the CPU
 # time (schedstat, every thread) that the proxy and the upstream spent per event delivered.
-# start() runs in a subshell, so its pids come from $tmp/pids, in start order.
-up_pid=$(sed -n 1p "$tmp/pids"); gw_pid=$(sed -n 2p "$tmp/pids"); base_pid=$(sed -n 3p "$tmp/pids")
-cpu_ns() {
-  local p t s=0
-  for p in "$@"; do
-    for t in /proc/"$p"/task/*/schedstat; do read -r c _ <"$t" && s=$((s + c)); done 2>/dev/null
-  done
-  echo "$s"
-}
 per_event() { awk -v ns="$1" -v n="$2" 'BEGIN { printf "%.1f", ns / n / 1000 }'; }  # ns over n events -> us
 declare -A S
 for round in $(seq 1 "$SSE_ROUNDS"); do
@@ -385,12 +412,7 @@ for round in $(seq 1 "$SSE_ROUNDS"); do
     flag=(); n=$CHUNKS
     [ $mode = burst ] && flag=(--burst) && n=$BURST_CHUNKS
     for target in direct "${gateways[@]}" nginx; do
-      case $target in
-        direct) a=$up; procs=() ;;
-        infergate) a=$gw; procs=("$gw_pid") ;;
-        baseline) a=$base; procs=("$base_pid") ;;
-        nginx) a=$ngx; mapfile -t procs < <(pgrep -P "$ngx_master") ;;
-      esac
+      target_of "$target"
       log "SSE round $round/$SSE_ROUNDS, $STREAMS concurrent streams via $target ($n chunks, ${INTERVAL_MS} ms apart, $mode)"
       # The data segments the upstream sends, and those sent from the proxy's port (for direct,
       # the upstream's own).
@@ -452,11 +474,11 @@ case $PRIO in
 esac
 echo "scheduling floor (idle thread, 100 us period, 3 s): p50 $(kv p50_us "$jit") us, p99 $(kv p99_us "$jit") us, max $(kv max_us "$jit") us, late >1 ms $(kv late_pct "$jit")%"
 echo
-echo "Closed loop (wrk -t$THREADS -c$CONNS -d${DURATION}s, 1 KiB JSON POST -> 1 KiB JSON; medians of $WRK_ROUNDS interleaved rounds; vs nginx: median of the per-round ratios):"
-printf '| %-9s | %9s | %8s | %8s | %8s | %-26s | %7s |\n' target "req/s" "vs nginx" "p50 us" "p99 us" "req/s per round" non-2xx
-printf '|%s|%s|%s|%s|%s|%s|%s|\n' ----------- ----------- ---------- ---------- ---------- ---------------------------- ---------
-for t in direct "${gateways[@]}" nginx; do
-  printf '| %-9s | %9s | %8s | %8s | %8s | %-26s | %7s |\n' "$t" "${RPS[$t]}" "${RATIO[$t]}" "${P50[$t]}" "${P99[$t]}" "${RPS_ALL[$t]}" "${BAD[$t]}"
+echo "Closed loop (wrk -t$THREADS -c$CONNS -d${DURATION}s, 1 KiB JSON POST -> 1 KiB JSON; medians of $WRK_ROUNDS interleaved rounds; vs nginx: median of the per-round ratios; proxy CPU: its threads' CPU time per request completed; hyper: the bare hyper proxy, the stack's floor):"
+printf '| %-9s | %9s | %8s | %8s | %8s | %-26s | %10s | %-20s | %7s |\n' target "req/s" "vs nginx" "p50 us" "p99 us" "req/s per round" "cpu us/req" "cpu per round" non-2xx
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' ----------- ----------- ---------- ---------- ---------- ---------------------------- ------------ ---------------------- ---------
+for t in "${closed[@]}"; do
+  printf '| %-9s | %9s | %8s | %8s | %8s | %-26s | %10s | %-20s | %7s |\n' "$t" "${RPS[$t]}" "${RATIO[$t]}" "${P50[$t]}" "${P99[$t]}" "${RPS_ALL[$t]}" "${CPU[$t]}" "${CPU_ALL[$t]}" "${BAD[$t]}"
 done
 echo
 echo "Open loop at half of infergate's peak ($half req/s, $OPEN_CONNS connections, ${OPEN_DURATION}s + ${WARMUP}s warm-up, $([ -n "$POISSON" ] && echo Poisson || echo even) arrivals; latency from the scheduled time; median of $OPEN_REPS interleaved rounds; late: sends >1 ms after their time, summed):"
@@ -527,6 +549,8 @@ for t in direct "${gateways[@]}" nginx; do
     summary+=" ${t}_sse_wire_p99=${S[wp99_us,$t,staggered,med]} ${t}_sse_burst_wire_p99=${S[wp99_us,$t,burst,med]}"
 done
 load1=${load_after#*load average: }; load1=${load1%%,*}
+summary+=" hyper_rps=${RPS[hyper]} hyper_rps_vs_nginx=${RATIO[hyper]}"
+for t in "${closed[@]}"; do [ $t = direct ] || summary+=" ${t}_cpu_us_per_req=${CPU[$t]}"; done
 summary+=" open_clean_rounds=${#clean_rounds[@]} open_rounds=$OPEN_REPS others_cpu_pct=$others_pct ours_cpu_pct=$ours_pct steal_pct=$steal_pct"
 summary+=" open_rps=$half open_valid=$open_valid pin=${PIN:-0} prio=${PRIO:-none} jitter_late_pct=$(kv late_pct "$jit") load1=$load1"
 echo "$summary"
