@@ -6,6 +6,11 @@
 //! watcher sees each frame after it was handed on. Complete lines are examined in place; only a
 //! line cut by a frame boundary is copied (bounded), so a usage object split across two frames is
 //! still read, and a stream of small events costs a scan for `\n` and nothing else.
+//!
+//! Only the `usage` object itself is parsed ([`read_usage`]): the rest of an answer (its
+//! generated text, its logprobs) is neither parsed nor validated. That read was a whole parse of
+//! every non-streaming answer, about 4% of the gateway's CPU per request on a 1 KiB answer
+//! (docs/BENCHMARKS.md, 2026-12-03).
 
 use serde::Deserialize;
 
@@ -16,12 +21,6 @@ pub struct Usage {
     pub prompt_tokens: u64,
     #[serde(default)]
     pub completion_tokens: u64,
-}
-
-#[derive(Deserialize)]
-struct WithUsage {
-    #[serde(default)]
-    usage: Option<Usage>,
 }
 
 /// Longest partial line kept between frames; a longer line (a huge event) is skipped for usage.
@@ -120,9 +119,7 @@ impl SseUsageWatcher {
             self.done = true;
             return;
         }
-        if has_usage_object(data)
-            && let Ok(WithUsage { usage: Some(u) }) = serde_json::from_slice(data)
-        {
+        if let Some(u) = read_usage(data) {
             self.usage = Some(u);
         }
     }
@@ -130,28 +127,47 @@ impl SseUsageWatcher {
 
 /// Usage from a whole (small) non-streaming JSON body.
 pub fn body_usage(body: &[u8]) -> Option<Usage> {
-    if !has_usage_object(body) {
-        return None;
-    }
-    serde_json::from_slice::<WithUsage>(body).ok()?.usage
+    read_usage(body)
 }
 
-/// Cheap pre-check: `"usage"` followed by `:` and an object (not `null`).
-fn has_usage_object(data: &[u8]) -> bool {
+/// The `usage` object of one JSON document (an answer, or one SSE event's data), parsed alone.
+///
+/// The first key `"usage"` whose value is an object is taken. Inside a JSON string every `"` is
+/// escaped, so generated text cannot hold such a key: only a key of an object can. OpenAI-shaped
+/// answers have one `usage`, at the top level. Nothing after the object is read.
+pub fn read_usage(data: &[u8]) -> Option<Usage> {
+    let object = usage_object(data)?;
+    Usage::deserialize(&mut serde_json::Deserializer::from_slice(object)).ok()
+}
+
+/// From the `{` of the first `"usage": {` key whose opening quote is not escaped, to the end.
+fn usage_object(data: &[u8]) -> Option<&[u8]> {
     const KEY: &[u8] = b"\"usage\"";
     let mut from = 0;
     while let Some(at) = data[from..].windows(KEY.len()).position(|w| w == KEY) {
-        let after = &data[from + at + KEY.len()..];
-        let mut it = after
+        let key = from + at;
+        from = key + 1;
+        let escapes = data[..key]
             .iter()
-            .copied()
-            .skip_while(|b| b.is_ascii_whitespace());
-        if it.next() == Some(b':') && it.find(|b| !b.is_ascii_whitespace()) == Some(b'{') {
-            return true;
+            .rev()
+            .take_while(|&&b| b == b'\\')
+            .count();
+        if escapes % 2 == 1 {
+            continue; // `\"usage"`: the end of a string, not a key
         }
-        from += at + 1;
+        let after = &data[key + KEY.len()..];
+        let colon = after.iter().position(|b| !b.is_ascii_whitespace());
+        let Some(colon) = colon.filter(|&i| after[i] == b':') else {
+            continue;
+        };
+        let value = &after[colon + 1..];
+        if let Some(brace) = value.iter().position(|b| !b.is_ascii_whitespace())
+            && value[brace] == b'{'
+        {
+            return Some(&value[brace..]);
+        }
     }
-    false
+    None
 }
 
 #[cfg(test)]
@@ -255,5 +271,35 @@ mod tests {
         assert_eq!(body_usage(emb).map(|u| u.prompt_tokens), Some(8));
         assert_eq!(body_usage(br#"{"usage":null}"#), None);
         assert_eq!(body_usage(b"not json \"usage\": {"), None);
+    }
+
+    #[test]
+    fn usage_is_read_alone_wherever_it_stands() {
+        let expected = Some(Usage {
+            prompt_tokens: 10,
+            completion_tokens: 20,
+        });
+        // First, as echo_upstream sends it; last, as vLLM does; with a nested object in it.
+        let first = br#"{"id":"c","usage":{"prompt_tokens":10,"completion_tokens":20,"total_tokens":30},"choices":[]}"#;
+        let last = br#"{"id":"c","choices":[{"message":{"content":"hi"}}], "usage" : { "prompt_tokens":10, "completion_tokens":20, "prompt_tokens_details":{"cached_tokens":4}}}"#;
+        assert_eq!(read_usage(first), expected);
+        assert_eq!(read_usage(last), expected);
+        // The rest of the answer is not read: a cut-off tail does not hide the usage before it.
+        assert_eq!(read_usage(&first[..first.len() - 10]), expected);
+    }
+
+    #[test]
+    fn usage_written_inside_generated_text_is_not_taken() {
+        // The model wrote `"usage": {...}` in its answer: inside a string, its quotes are escaped.
+        let body = br#"{"choices":[{"text":"say \"usage\": {\"prompt_tokens\": 999}"}],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#;
+        assert_eq!(read_usage(body).map(|u| u.prompt_tokens), Some(3));
+        // A string value that ends in `usage` is no key either.
+        let body = br#"{"a":"x\"usage","usage":{"prompt_tokens":5}}"#;
+        assert_eq!(read_usage(body).map(|u| u.prompt_tokens), Some(5));
+        // Nor is a key that ends in `"usage` (its quote escaped), though a colon and an object
+        // follow it.
+        let body = br#"{"say \"usage":{"prompt_tokens":999},"usage":{"prompt_tokens":7}}"#;
+        assert_eq!(read_usage(body).map(|u| u.prompt_tokens), Some(7));
+        assert_eq!(read_usage(br#"{"usage":{"prompt_tokens":"many"}}"#), None);
     }
 }
