@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use super::error::sse_error_events;
 use super::upstream::Lease;
-use super::usage::{SseUsageWatcher, Usage, body_usage};
+use super::usage::{SseUsageWatcher, Usage, read_usage};
 use crate::pool::InflightGuard;
 use crate::telemetry::{ModelMetrics, PoolMetrics};
 
@@ -211,8 +211,8 @@ impl ObservedBody {
         match &self.watch {
             Watch::Sse(w) => w.usage(),
             Watch::Json { frames, .. } => match frames.as_slice() {
-                [one] => body_usage(one),
-                many => body_usage(&many.concat()),
+                [one] => read_usage(one),
+                many => read_usage(&many.concat()),
             },
             Watch::Nothing => None,
         }

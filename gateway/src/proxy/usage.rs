@@ -125,11 +125,6 @@ impl SseUsageWatcher {
     }
 }
 
-/// Usage from a whole (small) non-streaming JSON body.
-pub fn body_usage(body: &[u8]) -> Option<Usage> {
-    read_usage(body)
-}
-
 /// The `usage` object of one JSON document (an answer, or one SSE event's data), parsed alone.
 ///
 /// The first key `"usage"` whose value is an object is taken. Inside a JSON string every `"` is
@@ -155,19 +150,20 @@ fn usage_object(data: &[u8]) -> Option<&[u8]> {
         if escapes % 2 == 1 {
             continue; // `\"usage"`: the end of a string, not a key
         }
-        let after = &data[key + KEY.len()..];
-        let colon = after.iter().position(|b| !b.is_ascii_whitespace());
-        let Some(colon) = colon.filter(|&i| after[i] == b':') else {
+        let Some(value) = skip_whitespace(&data[key + KEY.len()..]).strip_prefix(b":") else {
             continue;
         };
-        let value = &after[colon + 1..];
-        if let Some(brace) = value.iter().position(|b| !b.is_ascii_whitespace())
-            && value[brace] == b'{'
-        {
-            return Some(&value[brace..]);
+        let value = skip_whitespace(value);
+        if value.starts_with(b"{") {
+            return Some(value);
         }
     }
     None
+}
+
+fn skip_whitespace(data: &[u8]) -> &[u8] {
+    let start = data.iter().position(|b| !b.is_ascii_whitespace());
+    &data[start.unwrap_or(data.len())..]
 }
 
 #[cfg(test)]
@@ -258,19 +254,19 @@ mod tests {
     }
 
     #[test]
-    fn body_usage_of_a_completion_and_an_embedding() {
+    fn usage_of_a_completion_and_an_embedding() {
         let body = br#"{"id":"x","choices":[{"text":"usage"}],"usage":{"prompt_tokens":5,"completion_tokens":9,"total_tokens":14}}"#;
         assert_eq!(
-            body_usage(body),
+            read_usage(body),
             Some(Usage {
                 prompt_tokens: 5,
                 completion_tokens: 9
             })
         );
         let emb = br#"{"data":[],"usage":{"prompt_tokens":8,"total_tokens":8}}"#;
-        assert_eq!(body_usage(emb).map(|u| u.prompt_tokens), Some(8));
-        assert_eq!(body_usage(br#"{"usage":null}"#), None);
-        assert_eq!(body_usage(b"not json \"usage\": {"), None);
+        assert_eq!(read_usage(emb).map(|u| u.prompt_tokens), Some(8));
+        assert_eq!(read_usage(br#"{"usage":null}"#), None);
+        assert_eq!(read_usage(b"not json \"usage\": {"), None);
     }
 
     #[test]
