@@ -241,9 +241,12 @@ for round in $(seq 1 "$WRK_ROUNDS"); do
     read -r r p50 p99 bad n < <(run_wrk "http://$a")
     c1=$(cpu_ns "${procs[@]}")
     W[rps,$target,$round]=$r; W[p50,$target,$round]=$p50; W[p99,$target,$round]=$p99
-    W[cpu,$target,$round]=$(awk -v ns=$((c1 - c0)) -v n="$n" 'BEGIN { printf "%.1f", (n > 0 ? ns / n / 1000 : 0) }')
     BAD[$target]=$(( ${BAD[$target]:-0} + bad ))
-    log "  req/s $r, p50 $p50 us, p99 $p99 us, proxy CPU ${W[cpu,$target,$round]} us per request"
+    log "  req/s $r, p50 $p50 us, p99 $p99 us"
+    if [ ${#procs[@]} -gt 0 ]; then  # direct has no proxy
+      W[cpu,$target,$round]=$(awk -v ns=$((c1 - c0)) -v n="$n" 'BEGIN { printf "%.1f", (n > 0 ? ns / n / 1000 : 0) }')
+      log "  proxy CPU ${W[cpu,$target,$round]} us per request"
+    fi
   done
 done
 # The median of the arguments; MEDIAN_FMT (printf, default whole numbers) formats the mean of the
@@ -254,14 +257,14 @@ for target in "${closed[@]}"; do
   rs=(); p50s=(); p99s=(); ratios=(); cpus=()
   for round in $(seq 1 "$WRK_ROUNDS"); do
     rs+=("${W[rps,$target,$round]}"); p50s+=("${W[p50,$target,$round]}"); p99s+=("${W[p99,$target,$round]}")
-    cpus+=("${W[cpu,$target,$round]}")
+    cpus+=("${W[cpu,$target,$round]:--}")
     ratios+=("$(awk -v a="${W[rps,$target,$round]}" -v b="${W[rps,nginx,$round]}" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')")
   done
   RPS[$target]=$(median "${rs[@]}"); P50[$target]=$(median "${p50s[@]}"); P99[$target]=$(median "${p99s[@]}")
   RATIO[$target]=$(MEDIAN_FMT=%.3f median "${ratios[@]}")
   RPS_ALL[$target]=$(IFS=,; echo "${rs[*]}")
-  CPU[$target]=$(MEDIAN_FMT=%.1f median "${cpus[@]}"); CPU_ALL[$target]=$(IFS=,; echo "${cpus[*]}")
-  [ "$target" = direct ] && CPU[$target]=- && CPU_ALL[$target]=-
+  CPU[$target]=-; CPU_ALL[$target]=-
+  [ "$target" = direct ] || { CPU[$target]=$(MEDIAN_FMT=%.1f median "${cpus[@]}"); CPU_ALL[$target]=$(IFS=,; echo "${cpus[*]}"); }
 done
 
 # A loopback capture: $1 the filter, $2 the snap length. Every run of phases 2 and 3 is captured,
