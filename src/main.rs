@@ -4,6 +4,13 @@
 
 mod cmd;
 
+/// mimalloc, not glibc's malloc: the proxy allocates and frees a few dozen small blocks per
+/// request (header maps, body buffers, futures) on two runtimes' threads, and glibc's
+/// allocator spent about 2 us of every request's CPU in `_int_free` and `malloc` (perf, see
+/// docs/BENCHMARKS.md). mimalloc's thread-local free lists make those near free.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 
 /// An autoscaling inference gateway for LLM model servers.
