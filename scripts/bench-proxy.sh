@@ -264,7 +264,7 @@ for target in "${closed[@]}"; do
   RATIO[$target]=$(MEDIAN_FMT=%.3f median "${ratios[@]}")
   RPS_ALL[$target]=$(IFS=,; echo "${rs[*]}")
   CPU[$target]=-; CPU_ALL[$target]=-
-  [ "$target" = direct ] || { CPU[$target]=$(MEDIAN_FMT=%.1f median "${cpus[@]}"); CPU_ALL[$target]=$(IFS=,; echo "${cpus[*]}"); }
+  [ -z "${W[cpu,$target,1]:-}" ] || { CPU[$target]=$(MEDIAN_FMT=%.1f median "${cpus[@]}"); CPU_ALL[$target]=$(IFS=,; echo "${cpus[*]}"); }
 done
 
 # A loopback capture: $1 the filter, $2 the snap length. Every run of phases 2 and 3 is captured,

@@ -4,14 +4,14 @@
 
 mod cmd;
 
-/// mimalloc, not glibc's malloc: the proxy allocates and frees a few dozen small blocks per
-/// request (header maps, body buffers, futures) on two runtimes' threads, and glibc's
-/// allocator spent about 2 us of every request's CPU in `_int_free` and `malloc` (perf, see
-/// docs/BENCHMARKS.md). mimalloc's thread-local free lists make those near free.
+use clap::{Parser, Subcommand};
+
+/// mimalloc, not glibc's malloc: the proxy allocates and frees many small blocks per request
+/// (header maps, body buffers, futures) on its worker threads, and glibc's `malloc` and
+/// `_int_free` were about 2 us of each request's CPU. With mimalloc's per-thread free lists the
+/// gateway's CPU per request fell by about 15% (paired A/B, docs/BENCHMARKS.md, 2026-12-03).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-use clap::{Parser, Subcommand};
 
 /// An autoscaling inference gateway for LLM model servers.
 #[derive(Parser)]
