@@ -217,6 +217,23 @@ async fn proxies_plain_streaming_and_h2c_requests_and_counts_them() {
         "forwarded unchanged"
     );
 
+    // A JSON answer of unknown length (chunked from the upstream) is read ahead whole and
+    // leaves with its exact length, in one piece; its usage is counted all the same.
+    let c = post(&api, CHAT, &[("x-test", "chunked-json")]).await;
+    assert_eq!(c.status, 200, "{}", c.text());
+    assert_eq!(c.text(), upstream::ANSWER);
+    assert_eq!(
+        c.headers.get("content-length").map(|v| v.as_bytes()),
+        Some(upstream::ANSWER.len().to_string().as_bytes()),
+        "{:?}",
+        c.headers
+    );
+    assert!(
+        c.headers.get("transfer-encoding").is_none(),
+        "{:?}",
+        c.headers
+    );
+
     // Streaming: every chunk, then [DONE].
     let s = post(&api, CHAT_STREAM, &[]).await;
     assert_eq!(s.status, 200);
@@ -246,15 +263,15 @@ async fn proxies_plain_streaming_and_h2c_requests_and_counts_them() {
     assert_eq!(models.json()["data"][0]["id"], "m");
 
     // The admin port: counters from the traffic, usage from bodies and streams, TTFT.
-    let page = metrics_until(&gw, "four answered requests with usage", |p| {
+    let page = metrics_until(&gw, "five answered requests with usage", |p| {
         sample(
             p,
             r#"infergate_requests_total{pool="p",model="m",status="200"}"#,
-        ) == Some(4.0)
+        ) == Some(5.0)
             && sample(
                 p,
                 r#"infergate_completion_tokens_total{pool="p",model="m"}"#,
-            ) == Some(12.0)
+            ) == Some(15.0)
     })
     .await;
     assert_eq!(
@@ -262,21 +279,21 @@ async fn proxies_plain_streaming_and_h2c_requests_and_counts_them() {
             &page,
             r#"infergate_requests_received_total{pool="p",model="m"}"#
         ),
-        Some(4.0)
+        Some(5.0)
     );
     assert_eq!(
         sample(
             &page,
             r#"infergate_prompt_tokens_total{pool="p",model="m"}"#
         ),
-        Some(44.0)
+        Some(55.0)
     );
     assert_eq!(
         sample(
             &page,
             r#"infergate_time_to_first_token_seconds_count{pool="p",model="m"}"#
         ),
-        Some(4.0)
+        Some(5.0)
     );
     for name in [
         "infergate_request_duration_seconds_count",

@@ -3,7 +3,8 @@
 //! saturation), in-process on 127.0.0.1.
 //!
 //! Behaviour per request comes from the header `x-test`: `stream-die` (two chunks, then the
-//! connection is cut), `slow` (chunks 100 ms apart), `status-503`; otherwise a normal answer.
+//! connection is cut), `slow` (chunks 100 ms apart), `status-503`, `chunked-json` (the normal
+//! answer in two frames of unknown length, chunked on the wire); otherwise a normal answer.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -89,6 +90,9 @@ fn full(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Bod
         .expect("response")
 }
 
+/// The answer to a request that does not stream.
+pub const ANSWER: &str = r#"{"id":"c1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from upstream"},"finish_reason":"stop"}],"usage":{"prompt_tokens":11,"completion_tokens":3,"total_tokens":14}}"#;
+
 pub const CHUNKS: [&str; 3] = ["Hello", " from", " upstream"];
 
 fn sse_chunk(text: &str) -> Bytes {
@@ -134,12 +138,20 @@ async fn answer(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         .ok()
         .and_then(|v| v["stream"].as_bool())
         .unwrap_or(false);
+    if mode == "chunked-json" {
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let (head, tail) = ANSWER.split_at(ANSWER.len() / 2);
+        for part in [head, tail] {
+            let _ = tx.try_send(Ok(Frame::data(Bytes::from_static(part.as_bytes()))));
+        }
+        return Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .body(ChannelBody(rx).boxed())
+            .expect("response");
+    }
     if !stream {
-        return full(
-            200,
-            "application/json",
-            r#"{"id":"c1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from upstream"},"finish_reason":"stop"}],"usage":{"prompt_tokens":11,"completion_tokens":3,"total_tokens":14}}"#,
-        );
+        return full(200, "application/json", ANSWER);
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
     tokio::spawn(async move {

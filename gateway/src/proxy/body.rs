@@ -311,8 +311,11 @@ impl Body for ObservedBody {
                 _ => 0,
             })
             .sum();
-        // An ended chunked body does not know its size is now zero: say it.
-        let inner = if self.inner.is_end_stream() {
+        // An ended chunked body does not know its size is now zero: say it. Its end may also be
+        // in `ahead` already (prefetched): a chunked `Incoming` never reports its own end, and
+        // without this a whole answer read ahead would still go out chunked.
+        let ended = matches!(self.ahead.back(), Some(None)) || self.inner.is_end_stream();
+        let inner = if ended {
             SizeHint::with_exact(0)
         } else {
             self.inner.size_hint()
