@@ -82,19 +82,19 @@ pub fn upstream_request(
 }
 
 /// Removes the upstream's hop-by-hop headers from an answer before it is passed on.
+///
+/// Found in one pass over the answer's few names, then removed: an answer rarely has more than
+/// `transfer-encoding`, and each removal is a hash lookup (there were nine of them on every
+/// answer, before).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    for name in [
-        header::CONNECTION,
-        header::TRANSFER_ENCODING,
-        header::TE,
-        header::UPGRADE,
-        header::TRAILER,
-        header::PROXY_AUTHENTICATE,
-    ] {
+    let found: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
+        .collect();
+    for name in found {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
 }
 
 /// What one attempt came to.
@@ -220,6 +220,31 @@ mod tests {
         assert!(req.headers().get(header::CONTENT_LENGTH).is_none());
         assert_eq!(req.headers()[header::AUTHORIZATION], "Bearer x");
         assert_eq!(req.headers()["x-infergate-priority"], "critical");
+    }
+
+    #[test]
+    fn an_answer_loses_its_hop_by_hop_headers_only() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            "text/event-stream".parse().expect("hv"),
+        );
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().expect("hv"));
+        h.insert(header::CONNECTION, "keep-alive".parse().expect("hv"));
+        h.insert("keep-alive", "timeout=5".parse().expect("hv"));
+        h.insert("x-request-id", "r1".parse().expect("hv"));
+        strip_hop_by_hop(&mut h);
+        let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-type", "x-request-id"]);
+
+        let mut plain = HeaderMap::new();
+        plain.insert(header::CONTENT_LENGTH, "2".parse().expect("hv"));
+        plain.append("set-cookie", "a=1".parse().expect("hv"));
+        plain.append("set-cookie", "b=2".parse().expect("hv"));
+        let before = plain.clone();
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain, before, "nothing to strip: untouched");
     }
 
     #[test]

@@ -31,7 +31,6 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use infergate_config::{Config, LimitsConfig, PrefixConfig, RetryConfig};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -98,8 +97,8 @@ pub struct PoolRoute {
 pub struct Proxy {
     routes: Routes,
     pools: Vec<PoolRoute>,
-    /// Request metrics by model name.
-    model_metrics: HashMap<String, Arc<ModelMetrics>>,
+    /// Request metrics by model name (the routes' names: foldhash, as in [`Routes`]).
+    model_metrics: foldhash::HashMap<String, Arc<ModelMetrics>>,
     /// For requests that never reached a pool (bad path, bad JSON, unknown model).
     unrouted: Arc<ModelMetrics>,
     unrouted_pool: Arc<PoolMetrics>,

@@ -7,7 +7,6 @@
 
 use bytes::Bytes;
 use http::Method;
-use std::collections::HashMap;
 
 use super::error::{ErrorKind, ProxyError};
 
@@ -63,14 +62,16 @@ pub struct Target {
 /// The model name -> pool table, and the `/v1/models` answer made once.
 #[derive(Debug)]
 pub struct Routes {
-    by_model: HashMap<String, Target>,
+    /// Looked up on every request, never grown by one: foldhash, not SipHash (the keys come from
+    /// the configuration, so a client cannot pick colliding ones).
+    by_model: foldhash::HashMap<String, Target>,
     models_json: Bytes,
 }
 
 impl Routes {
     /// From each pool's name and `models`, in configuration order.
     pub fn new<'a>(pools: impl IntoIterator<Item = (&'a str, &'a [String])>) -> Routes {
-        let mut by_model = HashMap::new();
+        let mut by_model = foldhash::HashMap::default();
         let mut data = Vec::new();
         for (i, (pool, models)) in pools.into_iter().enumerate() {
             for entry in models {

@@ -20,7 +20,6 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
@@ -74,7 +73,9 @@ impl Idle {
 /// One worker's upstream connections, by endpoint URL.
 pub struct Upstreams {
     /// Newest last (taken first: a few warm connections serve a steady load, the rest age out).
-    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    /// Looked up twice per request: foldhash, not SipHash (the keys are discovered endpoint URLs,
+    /// not client input).
+    idle: Mutex<foldhash::HashMap<String, Vec<Idle>>>,
     /// `gateway.upstream`: connect timeout, idle timeout, idle connections kept.
     config: UpstreamConfig,
 }
@@ -128,7 +129,14 @@ impl Upstreams {
                 },
             }
         }
-        let mut sender = connect(endpoint.connect_addr(), self.config.connect_timeout).await?;
+        // Boxed: a new connection is the rare case, and its future (name resolution, connect,
+        // handshake, their timeout) would otherwise be carried inline in every request's future,
+        // which is moved whole more than once per request.
+        let mut sender = Box::pin(connect(
+            endpoint.connect_addr(),
+            self.config.connect_timeout,
+        ))
+        .await?;
         match sender.try_send_request(req).await {
             Ok(resp) => Ok((resp, self.lease(sender, endpoint))),
             Err(e) => Err(SendError::Protocol(e.into_error())),
