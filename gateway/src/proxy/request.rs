@@ -5,6 +5,15 @@
 //! (tools, sampling parameters, images) is skipped without being built. A chat message's content
 //! may be a string or an array of parts (only `text` parts count); a completion's prompt may be a
 //! string or a list of strings (token-id prompts are skipped: they carry no text to hash).
+//!
+//! Prompt text (a message's content, a content part's text, a completion's prompt string) is most
+//! of a request's bytes, and it is read through serde_json's raw-string path
+//! ([`Deserializer::deserialize_bytes`]): that path finds the closing quote with `memchr`, where
+//! the checked path walks every byte looking for control characters as well, about 3
+//! instructions per byte, half of the facts phase on a 1 KiB chat request (docs/BENCHMARKS.md).
+//! What the raw path does not do is done here: the text is checked for UTF-8 (with SIMD). What
+//! it lets through is a raw control character inside such a string, which strict JSON forbids:
+//! that is the model server's to refuse, as it would without the gateway.
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, SeqAccess, Visitor};
@@ -63,9 +72,9 @@ impl<'a> ParsedBody<'a> {
                     segments.push(role);
                 }
                 match m.content {
-                    Content::Text(t) => segments.push(t),
-                    Content::Parts(parts) => segments.extend(parts),
-                    Content::Empty => {}
+                    Some(Content::Text(Text(t))) => segments.push(t),
+                    Some(Content::Parts(parts)) => segments.extend(parts),
+                    None => {}
                 }
             }
         } else if let Some(Prompt(strings)) = raw.prompt {
@@ -111,17 +120,15 @@ impl<'de: 'a, 'a> Deserialize<'de> for Messages<'a> {
 struct Message<'a> {
     #[serde(borrow, default)]
     role: Option<Str<'a>>,
+    /// `null` or absent: `None` (an assistant message with tool calls).
     #[serde(borrow, default)]
-    content: Content<'a>,
+    content: Option<Content<'a>>,
 }
 
-/// A message's content: a string, an array of parts, or null/absent.
-#[derive(Default)]
+/// A message's content: a string or an array of parts (`null` is the `Option` around it).
 enum Content<'a> {
-    Text(Cow<'a, str>),
+    Text(Text<'a>),
     Parts(Vec<Cow<'a, str>>),
-    #[default]
-    Empty,
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
@@ -132,29 +139,24 @@ impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a string or an array of content parts")
             }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Content::Text(Cow::Borrowed(v)))
+            fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Self::Value, E> {
+                Text::borrowed(v).map(Content::Text)
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Content::Text(Cow::Owned(v.to_owned())))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(Content::Empty)
-            }
-            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(Content::Empty)
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
+                Text::copied(v).map(Content::Text)
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 let mut parts = Vec::new();
                 while let Some(part) = seq.next_element::<Part<'a>>()? {
-                    if let Some(Str(text)) = part.text {
+                    if let Some(Text(text)) = part.text {
                         parts.push(text);
                     }
                 }
                 Ok(Content::Parts(parts))
             }
         }
-        d.deserialize_any(V(std::marker::PhantomData))
+        // A string arrives raw (see the module's doc); an array as a sequence.
+        d.deserialize_bytes(V(std::marker::PhantomData))
     }
 }
 
@@ -162,7 +164,47 @@ impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
 #[derive(Deserialize)]
 struct Part<'a> {
     #[serde(borrow, default)]
-    text: Option<Str<'a>>,
+    text: Option<Text<'a>>,
+}
+
+/// Prompt text, read through serde_json's raw-string path and checked for UTF-8 here. Borrowed
+/// from the body unless escapes force a copy.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'a> Text<'a> {
+    fn borrowed<E: de::Error>(v: &'a [u8]) -> Result<Self, E> {
+        simdutf8::basic::from_utf8(v)
+            .map(|s| Text(Cow::Borrowed(s)))
+            .map_err(|_| E::custom("a string is not valid UTF-8"))
+    }
+
+    /// Escapes were decoded: the raw path lets a lone surrogate (`\ud800`) through as bytes
+    /// that are not UTF-8, which fails here as it would on serde_json's checked path.
+    fn copied<E: de::Error>(v: &[u8]) -> Result<Self, E> {
+        match std::str::from_utf8(v) {
+            Ok(s) => Ok(Text(Cow::Owned(s.to_owned()))),
+            Err(_) => Err(E::custom("a string escapes a lone surrogate")),
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Self::Value, E> {
+                Text::borrowed(v)
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
+                Text::copied(v)
+            }
+        }
+        d.deserialize_bytes(V(std::marker::PhantomData))
+    }
 }
 
 /// A string that borrows from the body unless escapes force a copy. (Serde's own `Cow<str>`
@@ -199,14 +241,11 @@ impl<'de: 'a, 'a> Deserialize<'de> for Prompt<'a> {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a string or an array")
             }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Prompt(vec![Cow::Borrowed(v)]))
+            fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Self::Value, E> {
+                Text::borrowed(v).map(|Text(t)| Prompt(vec![t]))
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Prompt(vec![Cow::Owned(v.to_owned())]))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(Prompt(Vec::new()))
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
+                Text::copied(v).map(|Text(t)| Prompt(vec![t]))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 let mut out = Vec::new();
@@ -218,7 +257,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for Prompt<'a> {
                 Ok(Prompt(out))
             }
         }
-        d.deserialize_any(V(std::marker::PhantomData))
+        // A string arrives raw (see the module's doc); a list as a sequence (`null` is the
+        // `Option` around it).
+        d.deserialize_bytes(V(std::marker::PhantomData))
     }
 }
 
@@ -347,6 +388,67 @@ mod tests {
             err.to_string(),
             "it is not UTF-8 (invalid bytes at offset 22)"
         );
+    }
+
+    #[test]
+    fn prompt_text_with_escapes_and_nulls() {
+        let body = br#"{"model":"m","messages":[
+            {"role":"user","content":"tab\there \u00e9\ud83d\ude00"},
+            {"role":"assistant","content":null},
+            {"role":"user","content":[{"type":"text","text":"a\"b"},{"type":"image_url"}]}
+        ]}"#;
+        let p = ParsedBody::parse(body).expect("parse");
+        let segs: Vec<&str> = p.segments.iter().map(|s| s.as_ref()).collect();
+        assert_eq!(
+            segs,
+            [
+                "user",
+                "tab\there \u{e9}\u{1f600}",
+                "assistant",
+                "user",
+                "a\"b"
+            ]
+        );
+        let p = ParsedBody::parse(br#"{"model":"m","prompt":null}"#).expect("null prompt");
+        assert!(p.segments.is_empty());
+    }
+
+    #[test]
+    fn prompt_text_that_is_not_unicode_or_not_a_string_is_an_error() {
+        for body in [
+            &br#"{"model":"m","prompt":"half \ud800 a pair"}"#[..],
+            br#"{"model":"m","messages":[{"role":"user","content":"\udc00"}]}"#,
+            br#"{"model":"m","messages":[{"role":"user","content":5}]}"#,
+            br#"{"model":"m","messages":[{"role":"user","content":{"text":"x"}}]}"#,
+            br#"{"model":"m","messages":[{"content":[{"text":["x"]}]}]}"#,
+            br#"{"model":"m","prompt":7}"#,
+            br#"{"model":"m","prompt":"unterminated}"#,
+        ] {
+            assert!(
+                ParsedBody::parse(body).is_err(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the text, as any JSON writer escapes it, the prompt read is the text.
+        #[test]
+        fn any_text_reads_back_as_written(text in "\\PC*|[\\x00-\\x20\"\\\\\u{7f}-\u{10ffff}]{0,40}") {
+            let chat = serde_json::json!({"model": "m", "messages": [
+                {"role": "user", "content": text},
+                {"role": "user", "content": [{"type": "text", "text": text}]},
+            ]});
+            let body = serde_json::to_vec(&chat).expect("json");
+            let p = ParsedBody::parse(&body).expect("parse");
+            let segs: Vec<&str> = p.segments.iter().map(|s| s.as_ref()).collect();
+            proptest::prop_assert_eq!(segs, ["user", text.as_str(), "user", text.as_str()]);
+            let completion = serde_json::to_vec(&serde_json::json!({"model": "m", "prompt": text}))
+                .expect("json");
+            let p = ParsedBody::parse(&completion).expect("parse");
+            proptest::prop_assert_eq!(p.segments, [text.as_str()]);
+        }
     }
 
     #[test]
