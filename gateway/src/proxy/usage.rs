@@ -10,17 +10,72 @@
 //! Only the `usage` object itself is parsed ([`read_usage`]): the rest of an answer (its
 //! generated text, its logprobs) is neither parsed nor validated. That read was a whole parse of
 //! every non-streaming answer, about 4% of the gateway's CPU per request on a 1 KiB answer
-//! (docs/BENCHMARKS.md, 2026-12-03).
+//! (docs/BENCHMARKS.md, 2026-12-03). The `usage` key is found with `memchr`'s SIMD substring
+//! search, and the object's keys are compared as raw bytes (serde_json's checked string path
+//! ran the standard library's UTF-8 check on each key): together they were a third of what
+//! watching a 1 KiB answer cost (docs/BENCHMARKS.md, 2026-12-03, second run of the day).
 
+use memchr::memmem;
 use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::LazyLock;
 
-/// Token counts from a response's `usage`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+/// Token counts from a response's `usage`; absent counts are 0, other keys are skipped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
-    #[serde(default)]
     pub prompt_tokens: u64,
-    #[serde(default)]
     pub completion_tokens: u64,
+}
+
+impl<'de> Deserialize<'de> for Usage {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Usage;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a usage object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Usage, A::Error> {
+                let mut usage = Usage::default();
+                while let Some(RawKey(key)) = map.next_key()? {
+                    match &*key {
+                        b"prompt_tokens" => usage.prompt_tokens = map.next_value()?,
+                        b"completion_tokens" => usage.completion_tokens = map.next_value()?,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(usage)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// An object key as serde_json's raw-string path gives it: bytes, escapes decoded, not checked
+/// for UTF-8 (it is only compared with ASCII names).
+struct RawKey<'a>(Cow<'a, [u8]>);
+
+impl<'de> Deserialize<'de> for RawKey<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawKey<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Self::Value, E> {
+                Ok(RawKey(Cow::Borrowed(v)))
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
+                Ok(RawKey(Cow::Owned(v.to_vec())))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
 }
 
 /// Longest partial line kept between frames; a longer line (a huge event) is skipped for usage.
@@ -71,7 +126,7 @@ impl SseUsageWatcher {
         };
         let mut rest = frame;
         if !self.carry.is_empty() || self.skipping {
-            match rest.iter().position(|&b| b == b'\n') {
+            match memchr::memchr(b'\n', rest) {
                 None => {
                     self.keep(rest);
                     return;
@@ -90,7 +145,7 @@ impl SseUsageWatcher {
                 }
             }
         }
-        while let Some(i) = rest.iter().position(|&b| b == b'\n') {
+        while let Some(i) = memchr::memchr(b'\n', rest) {
             self.line(&rest[..i]);
             rest = &rest[i + 1..];
         }
@@ -137,11 +192,9 @@ pub fn read_usage(data: &[u8]) -> Option<Usage> {
 
 /// From the `{` of the first `"usage": {` key whose opening quote is not escaped, to the end.
 fn usage_object(data: &[u8]) -> Option<&[u8]> {
-    const KEY: &[u8] = b"\"usage\"";
-    let mut from = 0;
-    while let Some(at) = data[from..].windows(KEY.len()).position(|w| w == KEY) {
-        let key = from + at;
-        from = key + 1;
+    static KEY: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
+    for key in KEY.find_iter(data) {
         let escapes = data[..key]
             .iter()
             .rev()
@@ -150,7 +203,8 @@ fn usage_object(data: &[u8]) -> Option<&[u8]> {
         if escapes % 2 == 1 {
             continue; // `\"usage"`: the end of a string, not a key
         }
-        let Some(value) = skip_whitespace(&data[key + KEY.len()..]).strip_prefix(b":") else {
+        let Some(value) = skip_whitespace(&data[key + KEY.needle().len()..]).strip_prefix(b":")
+        else {
             continue;
         };
         let value = skip_whitespace(value);
@@ -297,5 +351,19 @@ mod tests {
         let body = br#"{"say \"usage":{"prompt_tokens":999},"usage":{"prompt_tokens":7}}"#;
         assert_eq!(read_usage(body).map(|u| u.prompt_tokens), Some(7));
         assert_eq!(read_usage(br#"{"usage":{"prompt_tokens":"many"}}"#), None);
+    }
+
+    #[test]
+    fn usage_keys_are_read_with_their_escapes_decoded() {
+        let body = br#"{"usage":{"prompt\u005ftokens":3,"completion_tokens":4,"x\"y":[1]}}"#;
+        assert_eq!(
+            read_usage(body),
+            Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 4
+            })
+        );
+        assert_eq!(read_usage(br#"{"usage":{}}"#), Some(Usage::default()));
+        assert_eq!(read_usage(br#"{"usage":{"prompt_tokens":null}}"#), None);
     }
 }
