@@ -20,7 +20,6 @@
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use infergate_config::{Config, Discovery};
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -32,6 +31,8 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+mod drain;
 
 use crate::admin::{self, AdminState};
 use crate::discovery::inference_pool::InferencePoolSource;
@@ -420,7 +421,7 @@ async fn serve_data(listener: TcpListener, shared: DataShared) {
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
+    let graceful = drain::Drain::new();
     // The connections' tasks: the drain's hard stop aborts what is left of them. (A per-task
     // select on a cancellation token polled the token's lock on every wake-up of every
     // connection, that is on every request and every streamed chunk.)
@@ -471,23 +472,31 @@ async fn serve_data(listener: TcpListener, shared: DataShared) {
     }
     drop(listener);
     tracing::info!(
-        connections = graceful.count(),
+        connections = graceful.open(),
         "draining: no new connections, waiting for in-flight requests"
     );
-    let drained = graceful.shutdown();
-    tokio::pin!(drained);
-    tokio::select! {
-        _ = &mut drained => tracing::info!("drained"),
-        _ = tokio::time::sleep(drain_timeout) => {
-            // Requests still held in flow control get their 503 (the dispatchers answer every
-            // waiter when stopped) before the remaining connections are cut.
-            background.cancel();
-            let _ = tokio::time::timeout(Duration::from_millis(200), &mut drained).await;
-            tracing::warn!("drain timeout: closing the remaining connections");
-            connections.abort_all();
-        }
+    graceful.start();
+    if tokio::time::timeout(drain_timeout, all_closed(&mut connections))
+        .await
+        .is_ok()
+    {
+        tracing::info!("drained");
+    } else {
+        // Requests still held in flow control get their 503 (the dispatchers answer every
+        // waiter when stopped) before the remaining connections are cut.
+        background.cancel();
+        let _ =
+            tokio::time::timeout(Duration::from_millis(200), all_closed(&mut connections)).await;
+        tracing::warn!("drain timeout: closing the remaining connections");
+        connections.abort_all();
     }
     sweeper.abort();
+    sweeper.abort();
+}
+
+/// Resolves when every connection task has ended (cancel-safe: the set keeps the rest).
+async fn all_closed(connections: &mut tokio::task::JoinSet<()>) {
+    while connections.join_next().await.is_some() {}
 }
 
 /// The admin port, until `stop`.
