@@ -202,8 +202,9 @@ impl Endpoint {
         self.outlier.eject(&self.hot.ejection_flagged, now, cfg)
     }
 
-    /// Counts a successful request.
-    pub(crate) fn record_success(&self, now: Instant, cfg: &OutlierConfig) {
+    /// Counts a successful request; `now` is asked only of an endpoint that was ejected (the
+    /// clock is not read on every request's end for the rare case).
+    pub(crate) fn record_success(&self, now: impl FnOnce() -> Instant, cfg: &OutlierConfig) {
         self.outlier.success(&self.hot.ejection_flagged, now, cfg);
     }
 
@@ -357,11 +358,22 @@ impl Outlier {
 
     /// A success resets the failure streak; a long healthy stretch after the last ejection
     /// (`max_ejection` past its end) forgets the back-off too.
-    pub(crate) fn success(&self, flagged: &AtomicBool, now: Instant, cfg: &OutlierConfig) {
-        self.consecutive.store(0, Relaxed);
+    pub(crate) fn success(
+        &self,
+        flagged: &AtomicBool,
+        now: impl FnOnce() -> Instant,
+        cfg: &OutlierConfig,
+    ) {
+        // Written only when there is a streak to end: every worker's requests to this endpoint
+        // end here, and an unconditional store would move the cache line between their cores
+        // on every request.
+        if self.consecutive.load(Relaxed) != 0 {
+            self.consecutive.store(0, Relaxed);
+        }
         if !flagged.load(Relaxed) {
             return;
         }
+        let now = now();
         let mut s = self.state.lock();
         if s.until.is_some_and(|u| now >= u + cfg.max_ejection) {
             *s = EjectionState::default();
@@ -484,7 +496,7 @@ mod tests {
         assert_eq!(o.eject(t0, &cfg), Duration::from_secs(35));
         assert_eq!(o.ejections(), 3);
         // A success long after the last ejection ended forgets the back-off.
-        o.record_success(t0 + Duration::from_secs(35 + 35), &cfg);
+        o.record_success(|| t0 + Duration::from_secs(35 + 35), &cfg);
         assert_eq!(o.ejections(), 0);
         assert!(!o.is_ejected(t0 + Duration::from_secs(71)));
         assert!(!o.record_failure(&cfg), "the streak restarted");

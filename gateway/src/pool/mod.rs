@@ -411,7 +411,7 @@ impl Pool {
     }
 
     pub(crate) fn report_success(&self, ep: &Endpoint) {
-        ep.record_success(Instant::now(), &self.outlier);
+        ep.record_success(Instant::now, &self.outlier);
     }
 
     /// Called by the guard when a request ends.

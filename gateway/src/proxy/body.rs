@@ -144,11 +144,20 @@ impl ObservedBody {
         self
     }
 
-    /// The upstream body has ended cleanly: its connection may carry another request.
-    fn release(&mut self) {
+    /// The upstream body has ended cleanly, at `now`: its connection may carry another request.
+    fn release(&mut self, now: Instant) {
         if let Some(lease) = self.lease.take() {
-            lease.release();
+            lease.release(now);
         }
+    }
+
+    /// The clean end: the connection handed back and the request accounted for, with one read
+    /// of the clock for both.
+    fn end_cleanly(&mut self) {
+        let now = Instant::now();
+        self.release(now);
+        let status = self.account.status;
+        self.finish_at(status, status < 500, now);
     }
 
     /// Reads the upstream's body ahead, up to its end or [`PREFETCH_LIMIT`] bytes, to be passed
@@ -220,12 +229,18 @@ impl ObservedBody {
 
     /// Records the request's end once: `status` as counted, `ok` for outlier detection.
     fn finish(&mut self, status: u16, ok: bool) {
+        self.finish_at(status, ok, Instant::now());
+    }
+
+    fn finish_at(&mut self, status: u16, ok: bool, now: Instant) {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
         let a = &mut self.account;
         a.model.answered(status);
-        a.model.duration.observe(a.started.elapsed().as_secs_f64());
+        a.model
+            .duration
+            .observe(now.saturating_duration_since(a.started).as_secs_f64());
         if let Some(u) = self.usage() {
             let a = &self.account;
             a.model.prompt_tokens.inc_by(u.prompt_tokens);
@@ -264,9 +279,7 @@ impl Body for ObservedBody {
                 }
                 // The server may stop polling once the length is reached: account now.
                 if this.at_end() {
-                    this.release();
-                    let status = this.account.status;
-                    this.finish(status, status < 500);
+                    this.end_cleanly();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -287,9 +300,7 @@ impl Body for ObservedBody {
                 }
             }
             None => {
-                this.release();
-                let status = this.account.status;
-                this.finish(status, status < 500);
+                this.end_cleanly();
                 Poll::Ready(None)
             }
         }

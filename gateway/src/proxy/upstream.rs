@@ -95,9 +95,9 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// The answer has ended cleanly: the connection may carry the next request.
-    pub fn release(self) {
-        self.upstreams.put(&self.endpoint, self.sender);
+    /// The answer has ended cleanly, at `now`: the connection may carry the next request.
+    pub fn release(self, now: Instant) {
+        self.upstreams.put(&self.endpoint, self.sender, now);
     }
 }
 
@@ -170,7 +170,7 @@ impl Upstreams {
         None
     }
 
-    fn put(&self, endpoint: &Endpoint, sender: Sender) {
+    fn put(&self, endpoint: &Endpoint, sender: Sender, now: Instant) {
         if sender.is_closed() {
             return;
         }
@@ -180,10 +180,7 @@ impl Upstreams {
             None => idle.entry(endpoint.url().to_string()).or_default(),
         };
         if list.len() < self.config.max_idle_per_endpoint {
-            list.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+            list.push(Idle { sender, since: now });
         }
     }
 
@@ -315,7 +312,7 @@ mod tests {
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(body, "ok");
         if release {
-            lease.release();
+            lease.release(Instant::now());
         }
     }
 
