@@ -43,12 +43,9 @@ cleanup() {
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-body=$(python3 -c 'h="{\"model\":\"m\",\"max_tokens\":16,\"messages\":[{\"role\":\"user\",\"content\":\""; t="\"}]}"; print(h+"y"*(1024-len(h)-len(t))+t)')
-cat >"$tmp/post.lua" <<LUA
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '$body'
-LUA
+# shellcheck source=scripts/bench-post.sh
+. "$root/scripts/bench-post.sh"
+write_post_lua "$tmp/post.lua"
 
 up_port=$(free_port)
 "$ex/echo_upstream" "127.0.0.1:$up_port" >"$tmp/up.out" 2>&1 &
@@ -62,7 +59,7 @@ measure() {
   pids+=("$vg")
   local url="http://127.0.0.1:$port/v1/chat/completions"
   for _ in $(seq 1 200); do
-    curl -s -o /dev/null -X POST -d "$body" "$url" && break
+    curl -s -o /dev/null -X POST -d "$post_body" "$url" && break
     sleep 0.1
   done
   wrk -t1 -c8 -d2s -s "$tmp/post.lua" "$url" >/dev/null

@@ -198,12 +198,9 @@ cpu_ns() {
   echo "$s"
 }
 
-body=$(python3 -c 'h="{\"model\":\"m\",\"max_tokens\":16,\"messages\":[{\"role\":\"user\",\"content\":\""; t="\"}]}"; print(h+"y"*(1024-len(h)-len(t))+t)')
-cat >"$tmp/post.lua" <<LUA
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '$body'
-LUA
+# shellcheck source=scripts/bench-post.sh
+. "$root/scripts/bench-post.sh"
+write_post_lua "$tmp/post.lua"
 
 # wrk phase -> "rps p50 p99 non-2xx requests" (latencies in microseconds).
 run_wrk() {
