@@ -491,7 +491,6 @@ async fn serve_data(listener: TcpListener, shared: DataShared) {
         connections.abort_all();
     }
     sweeper.abort();
-    sweeper.abort();
 }
 
 /// Resolves when every connection task has ended (cancel-safe: the set keeps the rest).
