@@ -51,9 +51,10 @@ up_port=$(free_port)
 "$ex/echo_upstream" "127.0.0.1:$up_port" >"$tmp/up.out" 2>&1 &
 pids+=($!)
 
-# measure NAME CMD...: CMD listens on $port (set by the caller); prints "NAME REQUESTS INSTR/REQ".
+# measure NAME PORT CMD...: CMD listens on 127.0.0.1:PORT; prints "NAME REQUESTS INSTR/REQ", then
+# the top functions.
 measure() {
-  local name=$1; shift
+  local name=$1 port=$2; shift 2
   valgrind --tool=callgrind --dump-instr=no --callgrind-out-file="$tmp/cg.$name" "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
   local vg=$!
   pids+=("$vg")
@@ -77,17 +78,19 @@ measure() {
   python3 "$root/scripts/callgrind_self.py" "$tmp/cg.$name.1" "$requests" "$TOP" "$name"
 }
 
-results=()
-port=$(free_port)
-results+=("$(measure infergate "$INFERGATE_BIN" gateway --model m --endpoints "http://127.0.0.1:$up_port" \
-  --flavor vllm --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$(free_port)")")
-if [ -n "$BASELINE_BIN" ]; then
+# gateway NAME BIN: measures the gateway build BIN in front of the echo upstream.
+gateway() {
+  local port
   port=$(free_port)
-  results+=("$(measure baseline "$BASELINE_BIN" gateway --model m --endpoints "http://127.0.0.1:$up_port" \
-    --flavor vllm --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$(free_port)")")
-fi
+  measure "$1" "$port" "$2" gateway --model m --endpoints "http://127.0.0.1:$up_port" \
+    --flavor vllm --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$(free_port)"
+}
+
+results=()
+results+=("$(gateway infergate "$INFERGATE_BIN")")
+[ -z "$BASELINE_BIN" ] || results+=("$(gateway baseline "$BASELINE_BIN")")
 port=$(free_port)
-results+=("$(measure hyper "$ex/bare_proxy" "127.0.0.1:$up_port" "127.0.0.1:$port" 2)")
+results+=("$(measure hyper "$port" "$ex/bare_proxy" "127.0.0.1:$up_port" "127.0.0.1:$port" 2)")
 
 printf '%s\n\n' "${results[@]}" | python3 -c '
 import sys
