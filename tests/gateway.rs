@@ -96,6 +96,21 @@ const CHAT_STREAM: &str = r#"{"model":"m","stream":true,"stream_options":{"inclu
 
 /// A config file for one pool `p` serving `m` over `endpoints`, with short test timings.
 fn write_config(name: &str, endpoints: &[String], extra_gateway: &str) -> ConfigFile {
+    write_config_with_limits(
+        name,
+        endpoints,
+        "{ max_body_bytes: 65536, first_byte_timeout: 5s }",
+        extra_gateway,
+    )
+}
+
+/// [`write_config`] with its own `gateway.limits` (a YAML flow mapping).
+fn write_config_with_limits(
+    name: &str,
+    endpoints: &[String],
+    limits: &str,
+    extra_gateway: &str,
+) -> ConfigFile {
     let list = endpoints
         .iter()
         .map(|e| format!("\"{e}\""))
@@ -105,7 +120,7 @@ fn write_config(name: &str, endpoints: &[String], extra_gateway: &str) -> Config
         r#"gateway:
   listen: 127.0.0.1:0
   admin_listen: 127.0.0.1:0
-  limits: {{ max_body_bytes: 65536, first_byte_timeout: 5s }}
+  limits: {limits}
   scrape: {{ interval: 50ms, timeout: 200ms, stale_after: 200ms, unready_after: 600ms }}
   outlier: {{ consecutive_failures: 2, base_ejection: 30s }}
 {extra_gateway}
@@ -518,6 +533,64 @@ async fn a_503_is_retried_on_another_endpoint_then_passed_on() {
             ) == Some(2.0)
     })
     .await;
+}
+
+/// The two deadlines every request carries (on each worker's coarse timer, which fires up to
+/// 100 ms late and never early): an upstream that sends nothing gets the client a 504 after
+/// `first_byte_timeout`, not sooner, and is not retried (it may be working on the request); a
+/// client that never finishes its request head is cut after `header_read_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_upstream_is_a_504_and_a_stalled_client_is_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = upstream::start().await;
+    let b = upstream::start().await;
+    let cfg = write_config_with_limits(
+        "deadlines",
+        &[a.url(), b.url()],
+        "{ max_body_bytes: 65536, first_byte_timeout: 400ms, header_read_timeout: 400ms }",
+        "",
+    );
+    let gw = spawn_gateway(&cfg);
+    let api = format!("{}/v1/chat/completions", gw.url("gateway"));
+
+    let sent = Instant::now();
+    let r = post(&api, CHAT, &[("x-test", "hang")]).await;
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "upstream_timeout");
+    assert!(
+        sent.elapsed() >= Duration::from_millis(400),
+        "a deadline never fires early: {:?}",
+        sent.elapsed()
+    );
+    let tried = a.state.requests.load(Ordering::SeqCst) + b.state.requests.load(Ordering::SeqCst);
+    assert_eq!(tried, 1, "a request that may be running is not sent twice");
+    metrics_until(&gw, "the timeout counted", |p| {
+        sample(
+            p,
+            r#"infergate_upstream_errors_total{pool="p",kind="timeout"}"#,
+        ) == Some(1.0)
+    })
+    .await;
+    // The same connection-level client can still be served: a normal request after it.
+    let ok = post(&api, CHAT, &[]).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+
+    // Half a request head, then silence: the gateway closes the connection.
+    let mut conn = tokio::net::TcpStream::connect(gw.addr("gateway"))
+        .await
+        .expect("connect");
+    conn.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\n")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut buf))
+        .await
+        .expect("the gateway closed the stalled connection");
+    // Closed, with nothing or a 408-style error before the close; never a proxied answer.
+    if let Ok(n) = read {
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(!text.contains("200 OK"), "{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

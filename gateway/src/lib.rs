@@ -9,10 +9,12 @@
 //! - [`flow`]: where a request waits when every endpoint is saturated, and who is shed first.
 //! - [`proxy`]: the HTTP data path that ties them together.
 //! - [`telemetry`]: the gateway's own Prometheus metrics.
+//! - [`coarse_timer`]: the data-plane workers' cheap timer for the per-request deadlines.
 // One audited exception: the prefetch hint of the prefix index (`picker/prefix/table.rs`).
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod coarse_timer;
 pub mod discovery;
 pub mod flow;
 pub mod picker;

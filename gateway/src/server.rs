@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 mod drain;
 
 use crate::admin::{self, AdminState};
+use crate::coarse_timer::CoarseTimer;
 use crate::discovery::inference_pool::InferencePoolSource;
 use crate::discovery::kubernetes::SliceDiscovery;
 use crate::discovery::{EndpointSet, static_endpoints};
@@ -403,6 +404,14 @@ fn local_addr(
         .map_err(|source| GatewayError::Bind { role, addr, source })
 }
 
+/// What each request of one worker holds on to. One `Arc` per worker, cloned per request: its
+/// count stays in this worker's cache. Cloning the shared `Arc<Proxy>` per request wrote a line
+/// that every worker writes, next to the routes every request reads.
+struct Worker {
+    proxy: Arc<Proxy>,
+    upstreams: Arc<Upstreams>,
+}
+
 /// One worker's share of the data port: HTTP/1.1 and h2c on its listener, at most
 /// `max_connections` at once across all workers, upstream through the worker's own connections.
 async fn serve_data(listener: TcpListener, shared: DataShared) {
@@ -415,11 +424,16 @@ async fn serve_data(listener: TcpListener, shared: DataShared) {
         drain_timeout,
         background,
     } = shared;
+    // The worker's timer for the per-request deadlines (request head, answer head): one slot
+    // table and one ticker per worker, instead of tokio's timer wheel twice per request.
+    let timer = CoarseTimer::new();
+    let ticker = tokio::spawn(timer.clone().tick());
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
+        .timer(timer.clone())
         .header_read_timeout(limits.header_read_timeout);
+    // HTTP/2's timer only paces keep-alive pings: per connection, not per request.
     builder.http2().timer(TokioTimer::new());
     let graceful = drain::Drain::new();
     // The connections' tasks: the drain's hard stop aborts what is left of them. (A per-task
@@ -427,8 +441,9 @@ async fn serve_data(listener: TcpListener, shared: DataShared) {
     // connection, that is on every request and every streamed chunk.)
     let mut connections = tokio::task::JoinSet::new();
     // The worker's own upstream connections, driven by this thread.
-    let upstreams = Upstreams::new(upstream);
+    let upstreams = Upstreams::new(upstream, timer);
     let sweeper = tokio::spawn(upstreams.clone().sweep_periodically());
+    let worker = Arc::new(Worker { proxy, upstreams });
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p {
@@ -450,12 +465,10 @@ async fn serve_data(listener: TcpListener, shared: DataShared) {
             _ = drain.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
-        let upstreams = upstreams.clone();
+        let worker = worker.clone();
         let service = service_fn(move |req| {
-            let proxy = proxy.clone();
-            let upstreams = upstreams.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(&upstreams, req).await) }
+            let worker = worker.clone();
+            async move { Ok::<_, Infallible>(worker.proxy.handle(&worker.upstreams, req).await) }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
@@ -491,6 +504,7 @@ async fn serve_data(listener: TcpListener, shared: DataShared) {
         connections.abort_all();
     }
     sweeper.abort();
+    ticker.abort();
 }
 
 /// Resolves when every connection task has ended (cancel-safe: the set keeps the rest).

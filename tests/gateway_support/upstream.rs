@@ -4,7 +4,8 @@
 //!
 //! Behaviour per request comes from the header `x-test`: `stream-die` (two chunks, then the
 //! connection is cut), `slow` (chunks 100 ms apart), `status-503`, `chunked-json` (the normal
-//! answer in two frames of unknown length, chunked on the wire); otherwise a normal answer.
+//! answer in two frames of unknown length, chunked on the wire), `hang` (no answer for a minute);
+//! otherwise a normal answer.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -131,6 +132,9 @@ async fn answer(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         .unwrap_or_default();
     st.requests.fetch_add(1, Ordering::SeqCst);
     st.bodies.lock().expect("lock").push(body.clone());
+    if mode == "hang" {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
     if mode == "status-503" {
         return full(503, "application/json", r#"{"error":{"message":"busy"}}"#);
     }

@@ -107,14 +107,18 @@ pub enum Attempt {
 }
 
 /// Sends one attempt over `upstreams` and waits at most `first_byte_timeout` for the answer's
-/// head (connecting included).
+/// head (connecting included; the worker's coarse timer, so up to
+/// [`crate::coarse_timer::RESOLUTION`] more).
 pub async fn attempt(
     upstreams: &Arc<Upstreams>,
     endpoint: &Arc<Endpoint>,
     req: Request<Full<Bytes>>,
     first_byte_timeout: Duration,
 ) -> Attempt {
-    match tokio::time::timeout(first_byte_timeout, upstreams.send(endpoint, req)).await {
+    let answer = upstreams
+        .timer()
+        .timeout(first_byte_timeout, upstreams.send(endpoint, req));
+    match answer.await {
         Ok(Ok((resp, lease))) => Attempt::Answered(resp, lease),
         Ok(Err(e)) if e.is_connect() => Attempt::Failed(
             ProxyError::new(

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
+use crate::coarse_timer::CoarseTimer;
 use crate::pool::Endpoint;
 use infergate_config::UpstreamConfig;
 
@@ -78,6 +79,8 @@ pub struct Upstreams {
     idle: Mutex<foldhash::HashMap<String, Vec<Idle>>>,
     /// `gateway.upstream`: connect timeout, idle timeout, idle connections kept.
     config: UpstreamConfig,
+    /// The worker's timer, for the wait for an answer's head ([`Upstreams::timer`]).
+    timer: CoarseTimer,
 }
 
 impl std::fmt::Debug for Upstreams {
@@ -102,11 +105,18 @@ impl Lease {
 }
 
 impl Upstreams {
-    pub fn new(config: UpstreamConfig) -> Arc<Upstreams> {
+    /// The connections of the worker whose timer is `timer`.
+    pub fn new(config: UpstreamConfig, timer: CoarseTimer) -> Arc<Upstreams> {
         Arc::new(Upstreams {
             idle: Mutex::default(),
             config,
+            timer,
         })
+    }
+
+    /// The worker's timer: the first-byte timeout is one of its deadlines.
+    pub fn timer(&self) -> &CoarseTimer {
+        &self.timer
     }
 
     /// Sends `req` (origin-form URI, `Host` set) to `endpoint` on an idle connection, or on a
@@ -319,7 +329,10 @@ mod tests {
     #[tokio::test]
     async fn a_released_connection_carries_the_next_request() {
         let (url, accepted) = server(false).await;
-        let (up, ep) = (Upstreams::new(UpstreamConfig::default()), endpoint(&url));
+        let (up, ep) = (
+            Upstreams::new(UpstreamConfig::default(), CoarseTimer::new()),
+            endpoint(&url),
+        );
         for _ in 0..5 {
             exchange(&up, &ep, true).await;
         }
@@ -335,7 +348,7 @@ mod tests {
             idle_timeout: Duration::from_millis(500),
             ..UpstreamConfig::default()
         };
-        let (up, ep) = (Upstreams::new(config), endpoint(&url));
+        let (up, ep) = (Upstreams::new(config, CoarseTimer::new()), endpoint(&url));
         exchange(&up, &ep, true).await;
         exchange(&up, &ep, true).await;
         assert_eq!(
@@ -356,7 +369,7 @@ mod tests {
             max_idle_per_endpoint: 0,
             ..UpstreamConfig::default()
         };
-        let (up, ep) = (Upstreams::new(config), endpoint(&url));
+        let (up, ep) = (Upstreams::new(config, CoarseTimer::new()), endpoint(&url));
         for _ in 0..3 {
             exchange(&up, &ep, true).await;
         }
@@ -367,7 +380,10 @@ mod tests {
     #[tokio::test]
     async fn a_connection_not_released_is_not_reused() {
         let (url, accepted) = server(false).await;
-        let (up, ep) = (Upstreams::new(UpstreamConfig::default()), endpoint(&url));
+        let (up, ep) = (
+            Upstreams::new(UpstreamConfig::default(), CoarseTimer::new()),
+            endpoint(&url),
+        );
         exchange(&up, &ep, false).await;
         exchange(&up, &ep, false).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
@@ -377,7 +393,10 @@ mod tests {
     #[tokio::test]
     async fn a_connection_its_server_closed_is_replaced_without_an_error() {
         let (url, accepted) = server(true).await;
-        let (up, ep) = (Upstreams::new(UpstreamConfig::default()), endpoint(&url));
+        let (up, ep) = (
+            Upstreams::new(UpstreamConfig::default(), CoarseTimer::new()),
+            endpoint(&url),
+        );
         for _ in 0..3 {
             exchange(&up, &ep, true).await;
         }
@@ -391,7 +410,7 @@ mod tests {
             l.local_addr().expect("addr").port()
         };
         let (up, ep) = (
-            Upstreams::new(UpstreamConfig::default()),
+            Upstreams::new(UpstreamConfig::default(), CoarseTimer::new()),
             endpoint(&format!("http://127.0.0.1:{port}")),
         );
         let err = up.send(&ep, request(&ep)).await.err().expect("refused");
@@ -405,7 +424,10 @@ mod tests {
     #[tokio::test]
     async fn a_sweep_closes_idle_connections_and_forgets_their_endpoint() {
         let (url, _) = server(false).await;
-        let (up, ep) = (Upstreams::new(UpstreamConfig::default()), endpoint(&url));
+        let (up, ep) = (
+            Upstreams::new(UpstreamConfig::default(), CoarseTimer::new()),
+            endpoint(&url),
+        );
         exchange(&up, &ep, true).await;
         up.sweep();
         assert_eq!(up.idle_count(), 1, "young: kept");
