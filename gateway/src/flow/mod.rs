@@ -21,11 +21,122 @@ mod queue;
 pub use queue::{Push, WaitId, WaitQueue};
 
 use infergate_config::FlowConfig;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
 use std::time::Duration;
+use tokio::sync::futures::Notified;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
+
+/// A pool's "capacity may have freed up" signal, which its flow dispatcher waits on.
+///
+/// It is raised at the end of every request, and almost always nobody waits (the queue is
+/// empty), so a raise without a watcher costs a fence and a load of a line nobody writes: a
+/// `Notify::notify_waiters` on every request took the notifier's lock and bumped its counter,
+/// writes to lines that every data-plane worker writes.
+///
+/// One watcher (the pool's dispatcher) at a time. No raise is lost: [`CapacitySignal::watch`]
+/// publishes its interest before the dispatcher looks at the pool again, and
+/// [`CapacitySignal::raise`] looks for it only after the change it reports; between two
+/// `SeqCst` fences, either the dispatcher's look sees the change or the raise sees the watcher.
+#[derive(Debug, Default)]
+pub struct CapacitySignal {
+    notify: Notify,
+    watched: AtomicBool,
+}
+
+impl CapacitySignal {
+    pub fn new() -> CapacitySignal {
+        CapacitySignal::default()
+    }
+
+    /// Capacity may have changed (a request ended, a scrape landed, endpoints changed): wakes the
+    /// watcher, if there is one. Call it after the change.
+    pub fn raise(&self) {
+        fence(Ordering::SeqCst);
+        if self.watched.load(Ordering::Relaxed) {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// The next raise, registered now: look at the pool again after this call, then await it.
+    pub fn watch(&self) -> Notified<'_> {
+        // Made first: a `Notified` also completes for a `notify_waiters` between its making and
+        // its first poll.
+        let next = self.notify.notified();
+        if !self.watched.load(Ordering::Relaxed) {
+            self.watched.store(true, Ordering::Relaxed);
+        }
+        fence(Ordering::SeqCst);
+        next
+    }
+
+    /// Nobody waits for capacity any more: raises go back to costing nothing.
+    pub fn unwatch(&self) {
+        if self.watched.load(Ordering::Relaxed) {
+            self.watched.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The wait queue behind its lock, with its length readable without the lock: every request
+/// asks whether anyone waits before it takes an endpoint directly, and locking for that wrote
+/// the lock's line, which every worker writes, on every request.
+struct SharedQueue<T> {
+    queue: Mutex<WaitQueue<T>>,
+    len: AtomicUsize,
+}
+
+impl<T> SharedQueue<T> {
+    fn new(queue: WaitQueue<T>) -> Self {
+        SharedQueue {
+            queue: Mutex::new(queue),
+            len: AtomicUsize::new(0),
+        }
+    }
+
+    /// The queue, locked; its length is published when the guard drops.
+    fn lock(&self) -> QueueGuard<'_, T> {
+        QueueGuard {
+            queue: self.queue.lock(),
+            len: &self.len,
+        }
+    }
+
+    /// Whether the queue was empty at the last unlock.
+    fn is_empty(&self) -> bool {
+        self.len.load(Ordering::Acquire) == 0
+    }
+}
+
+struct QueueGuard<'a, T> {
+    queue: MutexGuard<'a, WaitQueue<T>>,
+    len: &'a AtomicUsize,
+}
+
+impl<T> Deref for QueueGuard<'_, T> {
+    type Target = WaitQueue<T>;
+    fn deref(&self) -> &WaitQueue<T> {
+        &self.queue
+    }
+}
+
+impl<T> DerefMut for QueueGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut WaitQueue<T> {
+        &mut self.queue
+    }
+}
+
+impl<T> Drop for QueueGuard<'_, T> {
+    fn drop(&mut self) {
+        let len = self.queue.len();
+        if self.len.load(Ordering::Relaxed) != len {
+            self.len.store(len, Ordering::Release);
+        }
+    }
+}
 
 /// What flow control needs from a pool: a non-blocking attempt to get capacity, and a signal that
 /// trying again might now succeed.
@@ -36,8 +147,8 @@ pub trait Capacity: Send + Sync + 'static {
     type Ticket: Send + 'static;
     /// `None` means "hold": no endpoint can take the request now.
     fn try_admit(&self, facts: &Self::Facts) -> Option<Self::Ticket>;
-    /// Notified when capacity may have freed up.
-    fn capacity_changed(&self) -> &Notify;
+    /// Raised when capacity may have freed up.
+    fn capacity_changed(&self) -> &CapacitySignal;
 }
 
 /// Why a request left the queue without an endpoint.
@@ -83,7 +194,7 @@ struct Waiter<C: Capacity> {
 
 struct Inner<C: Capacity> {
     capacity: Arc<C>,
-    queue: Mutex<WaitQueue<Waiter<C>>>,
+    queue: SharedQueue<Waiter<C>>,
     arrived: Notify,
     config: FlowConfig,
 }
@@ -109,7 +220,7 @@ impl<C: Capacity> FlowControl<C> {
     pub fn start(capacity: Arc<C>, config: FlowConfig, cancel: CancellationToken) -> Self {
         let inner = Arc::new(Inner {
             capacity,
-            queue: Mutex::new(WaitQueue::new(config.max_queued)),
+            queue: SharedQueue::new(WaitQueue::new(config.max_queued)),
             arrived: Notify::new(),
             config,
         });
@@ -131,7 +242,7 @@ impl<C: Capacity> FlowControl<C> {
         urgency: Urgency,
     ) -> Result<(C::Ticket, C::Facts), (Shed, Option<C::Facts>)> {
         let inner = &self.inner;
-        if inner.queue.lock().is_empty()
+        if inner.queue.is_empty()
             && let Some(ticket) = inner.capacity.try_admit(&facts)
         {
             return Ok((ticket, facts));
@@ -195,8 +306,9 @@ impl<C: Capacity> Drop for LeaveOnDrop<'_, C> {
 /// The dispatcher: admits the head of the queue for as long as the pool has capacity, then sleeps
 /// until capacity may have changed, a request arrived, or the backstop tick.
 async fn dispatch<C: Capacity>(inner: Arc<Inner<C>>, cancel: CancellationToken) {
+    let signal = inner.capacity.capacity_changed();
     loop {
-        let changed = inner.capacity.capacity_changed().notified();
+        let changed = signal.watch();
         let arrived = inner.arrived.notified();
         tokio::pin!(changed, arrived);
         // Registered before trying, so a notification during the attempt is not lost.
@@ -204,7 +316,9 @@ async fn dispatch<C: Capacity>(inner: Arc<Inner<C>>, cancel: CancellationToken) 
         arrived.as_mut().enable();
         admit_heads(&inner);
         if inner.queue.lock().is_empty() {
-            // Nobody waits: sleep until someone does (no tick while idle).
+            // Nobody waits: sleep until someone does (no tick while idle), and let request ends
+            // stop raising the signal for nobody.
+            signal.unwatch();
             tokio::select! {
                 _ = arrived => {}
                 _ = cancel.cancelled() => break,
@@ -248,19 +362,18 @@ fn admit_heads<C: Capacity>(inner: &Inner<C>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A pool with `slots` free slots; a ticket holds one and frees it on drop.
     struct Slots {
         free: AtomicUsize,
-        changed: Notify,
+        changed: CapacitySignal,
     }
 
     struct Ticket(Arc<Slots>);
     impl Drop for Ticket {
         fn drop(&mut self) {
             self.0.free.fetch_add(1, Ordering::SeqCst);
-            self.0.changed.notify_waiters();
+            self.0.changed.raise();
         }
     }
 
@@ -275,7 +388,7 @@ mod tests {
                 .ok()
                 .map(|_| Ticket(self.0.clone()))
         }
-        fn capacity_changed(&self) -> &Notify {
+        fn capacity_changed(&self) -> &CapacitySignal {
             &self.0.changed
         }
     }
@@ -283,7 +396,7 @@ mod tests {
     fn flow(slots: usize, max_queued: usize, timeout_ms: u64) -> (FlowControl<Pool>, Arc<Slots>) {
         let s = Arc::new(Slots {
             free: AtomicUsize::new(slots),
-            changed: Notify::new(),
+            changed: CapacitySignal::new(),
         });
         let config = FlowConfig {
             max_queued,
@@ -424,6 +537,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_watched_signal_is_never_lost_and_an_unwatched_one_wakes_nobody() {
+        let signal = CapacitySignal::new();
+        // A raise between `watch` and the first poll still completes the notification.
+        let next = signal.watch();
+        signal.raise();
+        tokio::time::timeout(Duration::from_secs(5), next)
+            .await
+            .expect("notified");
+        // Unwatched, a raise does not reach the notifier at all.
+        signal.unwatch();
+        let direct = signal.notify.notified();
+        tokio::pin!(direct);
+        direct.as_mut().enable();
+        signal.raise();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(direct.as_mut().poll(&mut cx).is_pending());
+        // Watched again, it does.
+        let again = signal.watch();
+        signal.raise();
+        assert!(direct.as_mut().poll(&mut cx).is_ready());
+        tokio::time::timeout(Duration::from_secs(5), again)
+            .await
+            .expect("notified");
+    }
+
+    #[tokio::test]
     async fn a_freed_slot_admits_a_waiter() {
         let (fc, slots) = flow(0, 8, 10_000);
         let task = tokio::spawn({
@@ -432,7 +571,7 @@ mod tests {
         });
         wait_queued(&fc, 1).await;
         slots.free.fetch_add(1, Ordering::SeqCst);
-        slots.changed.notify_waiters();
+        slots.changed.raise();
         let got = tokio::time::timeout(Duration::from_secs(5), task)
             .await
             .expect("in time")

@@ -4,23 +4,24 @@
 //! client disconnect, upstream error, a panic in a body adapter): whichever way it ends, the
 //! guard drops, the count goes down, and held requests are told capacity freed up.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use super::{Endpoint, Pool};
 
 /// Counts one request in flight to one endpoint until dropped.
+///
+/// It holds its pool strongly: a `Weak` cost a downgrade and an upgrade at each end of every
+/// request, atomic writes to a count that every worker writes (and the pool outlives its
+/// requests anyway: the data path holds it).
 #[derive(Debug)]
 pub struct InflightGuard {
-    pool: Weak<Pool>,
+    pool: Arc<Pool>,
     endpoint: Arc<Endpoint>,
 }
 
 impl InflightGuard {
-    pub(super) fn new(pool: &Arc<Pool>, endpoint: Arc<Endpoint>) -> InflightGuard {
-        InflightGuard {
-            pool: Arc::downgrade(pool),
-            endpoint,
-        }
+    pub(super) fn new(pool: Arc<Pool>, endpoint: Arc<Endpoint>) -> InflightGuard {
+        InflightGuard { pool, endpoint }
     }
 
     /// The endpoint this request went to.
@@ -30,27 +31,18 @@ impl InflightGuard {
 
     /// The upstream answered well: resets its failure streak. Ends the request.
     pub fn success(self) {
-        if let Some(pool) = self.pool.upgrade() {
-            pool.report_success(&self.endpoint);
-        }
+        self.pool.report_success(&self.endpoint);
     }
 
     /// The upstream failed (connect error, 5xx, died mid-stream): counts towards ejection. Ends
     /// the request.
     pub fn failure(self) {
-        if let Some(pool) = self.pool.upgrade() {
-            pool.report_failure(&self.endpoint);
-        }
+        self.pool.report_failure(&self.endpoint);
     }
 }
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        match self.pool.upgrade() {
-            Some(pool) => pool.request_ended(&self.endpoint),
-            None => {
-                self.endpoint.end_request();
-            }
-        }
+        self.pool.request_ended(&self.endpoint);
     }
 }

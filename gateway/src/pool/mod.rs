@@ -18,8 +18,9 @@ use serde_json::json;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
+
+use crate::flow::CapacitySignal;
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
 
 use infergate_config::{
     Flavor, GatewayConfig, OutlierConfig, PickerPolicy, PickerWeights, PoolConfig, ScrapeConfig,
@@ -83,7 +84,7 @@ pub struct Pool {
     prefix: Mutex<PrefixIndex>,
     rr: AtomicUsize,
     next_id: AtomicU32,
-    capacity: Notify,
+    capacity: CapacitySignal,
 }
 
 impl std::fmt::Debug for Pool {
@@ -116,7 +117,7 @@ impl Pool {
             prefix: Mutex::new(PrefixIndex::new(gw.picker.prefix.capacity)),
             rr: AtomicUsize::new(0),
             next_id: AtomicU32::new(1),
-            capacity: Notify::new(),
+            capacity: CapacitySignal::new(),
         })
     }
 
@@ -140,9 +141,9 @@ impl Pool {
         &self.scrape
     }
 
-    /// Notified (`notify_waiters`) when an in-flight request ends, a scrape lands, or the
-    /// endpoints change: whatever may let a held request go.
-    pub fn capacity_changed(&self) -> &Notify {
+    /// Raised when an in-flight request ends, a scrape lands, or the endpoints change: whatever
+    /// may let a held request go.
+    pub fn capacity_changed(&self) -> &CapacitySignal {
         &self.capacity
     }
 
@@ -181,7 +182,7 @@ impl Pool {
             }
         }
         self.members.store(Arc::new(next));
-        self.capacity.notify_waiters();
+        self.capacity.raise();
     }
 
     /// Drops removed endpoints whose last request finished.
@@ -320,7 +321,7 @@ impl Pool {
                     self.prefix.lock().record(&facts.prefix, endpoint.id());
                 }
                 endpoint.begin_request();
-                let guard = InflightGuard::new(&me, endpoint.clone());
+                let guard = InflightGuard::new(me, endpoint.clone());
                 PoolPick::Endpoint {
                     endpoint,
                     guard,
@@ -384,7 +385,7 @@ impl Pool {
     /// Stores a good scrape on `ep` and wakes held requests.
     pub fn record_scrape(&self, ep: &Endpoint, load: ScrapedLoad, picks_at_send: u64) {
         ep.record_scrape(load, picks_at_send);
-        self.capacity.notify_waiters();
+        self.capacity.raise();
     }
 
     /// Counts a failed scrape of `ep`.
@@ -420,7 +421,7 @@ impl Pool {
         if left == 0 && ep.is_removed() {
             self.prune_drained();
         }
-        self.capacity.notify_waiters();
+        self.capacity.raise();
     }
 
     /// A JSON picture of the pool for `/debug/pools`.

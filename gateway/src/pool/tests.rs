@@ -79,7 +79,7 @@ async fn guard_drop_notifies_capacity_changed() {
     let gw = GatewayConfig::default();
     let pool = pool_with(PickerPolicy::RoundRobin, &gw, 1);
     let (_, guard, _) = picked(pool.pick(&facts(vec![]), &[]));
-    let notified = pool.capacity_changed().notified();
+    let notified = pool.capacity_changed().watch();
     tokio::pin!(notified);
     notified.as_mut().enable();
     drop(guard);

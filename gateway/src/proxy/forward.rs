@@ -53,16 +53,34 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name.as_str() == "proxy-connection"
 }
 
-/// The upstream request: same method, path, query, headers (less hop-by-hop ones and
-/// Content-Length, which hyper recomputes from the body) and the original body bytes, with the
-/// endpoint's `Host`. The URI stays in origin form (`/v1/...?...`), as HTTP/1.1 sends it.
+/// Makes the client's headers the upstream's, in place, once per request: hop-by-hop headers
+/// go (they describe the client's connection). `Host` is set per attempt ([`upstream_request`]).
+///
+/// Content-Length stays when the client sent it without hop-by-hop framing: hyper checked that
+/// the body had exactly that length, and the body goes on unchanged. When the client's message
+/// had hop-by-hop headers (`Transfer-Encoding: chunked`, above all), its Content-Length, if
+/// any, goes too and hyper writes one from the body.
+pub fn end_to_end_headers(headers: &mut HeaderMap) {
+    if remove_where(headers, is_hop_by_hop) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+}
+
+/// The upstream request: same method, path and query, `headers` as [`end_to_end_headers`] left
+/// them plus the endpoint's `Host`, and the original body bytes. The URI goes in origin form
+/// (`/v1/...?...`), as HTTP/1.1 sends it.
+///
+/// `headers` is taken, not copied: the forward phase hands over the request's own map on its
+/// last possible attempt and a clone before a retry (a clone copies two arrays; building a new
+/// map hashed every name again).
 pub fn upstream_request(
     method: &http::Method,
     uri: &Uri,
-    headers: &HeaderMap,
+    mut headers: HeaderMap,
     endpoint: &Endpoint,
     body: Bytes,
 ) -> Request<Full<Bytes>> {
+    headers.insert(header::HOST, endpoint.host_header().clone());
     let mut req = Request::new(Full::new(body));
     *req.method_mut() = method.clone();
     *req.uri_mut() = match uri.path_and_query() {
@@ -70,31 +88,27 @@ pub fn upstream_request(
         None => Uri::from_static("/"),
     };
     *req.version_mut() = Version::HTTP_11;
-    let out = req.headers_mut();
-    out.reserve(headers.len());
-    out.insert(header::HOST, endpoint.host_header().clone());
-    for (name, value) in headers {
-        if !is_hop_by_hop(name) && name != header::HOST && name != header::CONTENT_LENGTH {
-            out.append(name.clone(), value.clone());
-        }
-    }
+    *req.headers_mut() = headers;
     req
 }
 
 /// Removes the upstream's hop-by-hop headers from an answer before it is passed on.
-///
-/// Found in one pass over the answer's few names, then removed: an answer rarely has more than
-/// `transfer-encoding`, and each removal is a hash lookup (there were nine of them on every
-/// answer, before).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let found: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_hop_by_hop(n))
-        .cloned()
-        .collect();
+    remove_where(headers, is_hop_by_hop);
+}
+
+/// Removes every header whose name matches: found in one pass over the few names, then removed
+/// (each removal is a hash lookup; testing nine names by lookup on every message was, before).
+/// Whether any was.
+fn remove_where(headers: &mut HeaderMap, matches: impl Fn(&HeaderName) -> bool) -> bool {
+    if !headers.keys().any(&matches) {
+        return false;
+    }
+    let found: Vec<HeaderName> = headers.keys().filter(|n| matches(n)).cloned().collect();
     for name in found {
         headers.remove(name);
     }
+    true
 }
 
 /// What one attempt came to.
@@ -205,6 +219,9 @@ mod tests {
         h.insert(header::CONTENT_LENGTH, "3".parse().expect("hv"));
         h.insert(header::AUTHORIZATION, "Bearer x".parse().expect("hv"));
         h.insert("x-infergate-priority", "critical".parse().expect("hv"));
+        h.append("x-trace", "a".parse().expect("hv"));
+        h.append("x-trace", "b".parse().expect("hv"));
+        end_to_end_headers(&mut h);
         let uri: Uri = "/v1/completions?a=1".parse().expect("uri");
         let endpoint = Endpoint::new(
             crate::picker::EndpointId(1),
@@ -213,7 +230,7 @@ mod tests {
         let req = upstream_request(
             &http::Method::POST,
             &uri,
-            &h,
+            h,
             &endpoint,
             Bytes::from_static(b"abc"),
         );
@@ -221,9 +238,37 @@ mod tests {
         assert_eq!(req.headers()[header::HOST], "10.0.0.1:8000");
         assert_eq!(req.headers().get_all(header::HOST).iter().count(), 1);
         assert!(req.headers().get(header::CONNECTION).is_none());
-        assert!(req.headers().get(header::CONTENT_LENGTH).is_none());
+        assert!(
+            req.headers().get(header::CONTENT_LENGTH).is_none(),
+            "with hop-by-hop framing, hyper writes the length"
+        );
         assert_eq!(req.headers()[header::AUTHORIZATION], "Bearer x");
         assert_eq!(req.headers()["x-infergate-priority"], "critical");
+        let trace: Vec<_> = req.headers().get_all("x-trace").iter().collect();
+        assert_eq!(trace, ["a", "b"], "repeated headers kept, in order");
+
+        // An absolute-form URI (HTTP/2's, or a proxy-style request) goes out in origin form.
+        let abs: Uri = "http://gw:8080/v1/chat/completions".parse().expect("uri");
+        let req = upstream_request(
+            &http::Method::POST,
+            &abs,
+            HeaderMap::new(),
+            &endpoint,
+            Bytes::new(),
+        );
+        assert_eq!(req.uri(), "/v1/chat/completions");
+        assert_eq!(req.headers()[header::HOST], "10.0.0.1:8000");
+
+        // A plain request keeps its length (the body is the one hyper counted).
+        let mut plain = HeaderMap::new();
+        plain.insert(header::CONTENT_LENGTH, "3".parse().expect("hv"));
+        plain.insert(
+            header::CONTENT_TYPE,
+            "application/json".parse().expect("hv"),
+        );
+        end_to_end_headers(&mut plain);
+        assert_eq!(plain[header::CONTENT_LENGTH], "3");
+        assert_eq!(plain.len(), 2);
     }
 
     #[test]

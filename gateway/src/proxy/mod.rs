@@ -26,16 +26,15 @@ pub mod usage;
 
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use infergate_config::{Config, LimitsConfig, PrefixConfig, RetryConfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
 
-use crate::flow::{Capacity, FlowControl, Shed, Urgency};
+use crate::flow::{Capacity, CapacitySignal, FlowControl, Shed, Urgency};
 use crate::picker::{EndpointId, PickReason, Priority, PromptHasher, RequestFacts};
 use crate::pool::{Endpoint, InflightGuard, Pool, PoolPick};
 use crate::telemetry::{Metrics, ModelMetrics, PoolMetrics};
@@ -46,8 +45,9 @@ pub use forward::{UpstreamClient, upstream_client};
 pub use route::{Api, Routes, Target};
 pub use upstream::Upstreams;
 
-/// The header naming the endpoint that served the request.
-pub const ENDPOINT_HEADER: &str = "x-infergate-endpoint";
+/// The header naming the endpoint that served the request. A `HeaderName` made once: inserting
+/// by `&str` parsed and validated the name again on every answer.
+pub const ENDPOINT_HEADER: HeaderName = HeaderName::from_static("x-infergate-endpoint");
 
 /// Suggested wait for a shed request.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -81,7 +81,7 @@ impl Capacity for PoolCapacity {
         }
     }
 
-    fn capacity_changed(&self) -> &Notify {
+    fn capacity_changed(&self) -> &CapacitySignal {
         self.0.capacity_changed()
     }
 }
@@ -159,8 +159,8 @@ impl Proxy {
     ) -> Response<GatewayBody> {
         let mut ctx = RequestCtx {
             started: Instant::now(),
-            model: self.unrouted.clone(),
-            pool: self.unrouted_pool.clone(),
+            model: &self.unrouted,
+            pool: &self.unrouted_pool,
             answered: false,
         };
         match self.serve(upstreams, req, &mut ctx).await {
@@ -184,11 +184,11 @@ impl Proxy {
         }
     }
 
-    async fn serve(
-        &self,
+    async fn serve<'a>(
+        &'a self,
         upstreams: &Arc<Upstreams>,
         req: Request<Incoming>,
-        ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx<'a>,
     ) -> Result<Answer, ProxyError> {
         // 1. route
         let api = Api::route(req.method(), req.uri().path())?;
@@ -196,12 +196,13 @@ impl Proxy {
             return Ok(Answer::Local(json_response(self.routes.models_json())));
         }
         // 2. read
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let body = read_body(&parts, body, self.limits.max_body_bytes).await?;
         // 3. facts
         let (target, facts) = self.facts(&parts, &body, ctx)?;
+        forward::end_to_end_headers(&mut parts.headers);
         let route = &self.pools[target];
-        ctx.pool = route.metrics.clone();
+        ctx.pool = &route.metrics;
         ctx.model.received.inc();
         self.budget.deposit();
         // 4. admit
@@ -219,18 +220,18 @@ impl Proxy {
         route.metrics.picked(admitted.reason);
         // 5. forward
         let (resp, lease, admitted) = self
-            .forward(upstreams, route, &parts, body, &facts, admitted)
+            .forward(upstreams, route, &mut parts, body, &facts, admitted)
             .await?;
         // 6. respond
         Ok(Answer::Upstream(respond(resp, lease, admitted, ctx).await))
     }
 
     /// The facts phase: the body's fields, the model's pool, the picker's facts.
-    fn facts(
-        &self,
+    fn facts<'a>(
+        &'a self,
         parts: &Parts,
         body: &[u8],
-        ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx<'a>,
     ) -> Result<(usize, RequestFacts), ProxyError> {
         let parsed = request::ParsedBody::parse(body).map_err(|e| {
             ProxyError::new(
@@ -251,7 +252,7 @@ impl Proxy {
             .with_param("model"));
         };
         if let Some(m) = self.model_metrics.get(model) {
-            ctx.model = m.clone();
+            ctx.model = m;
         }
         let mut hasher = PromptHasher::new(&self.prefix);
         for segment in &parsed.segments {
@@ -275,11 +276,13 @@ impl Proxy {
     }
 
     /// The forward phase, with retries on other endpoints before the first answer byte.
+    /// `parts.headers` are already end to end ([`forward::end_to_end_headers`]); the last
+    /// attempt takes them.
     async fn forward(
         &self,
         upstreams: &Arc<Upstreams>,
         route: &PoolRoute,
-        parts: &Parts,
+        parts: &mut Parts,
         body: Bytes,
         facts: &RequestFacts,
         mut current: Admitted,
@@ -287,10 +290,16 @@ impl Proxy {
         let mut tried: Vec<EndpointId> = Vec::new();
         let mut retries = 0;
         loop {
+            // The map itself on the last attempt there can be, a copy while a retry may follow.
+            let attempt_headers = if retries < self.retry.max_retries {
+                parts.headers.clone()
+            } else {
+                std::mem::take(&mut parts.headers)
+            };
             let req = forward::upstream_request(
                 &parts.method,
                 &parts.uri,
-                &parts.headers,
+                attempt_headers,
                 &current.endpoint,
                 body.clone(),
             );
@@ -370,15 +379,17 @@ enum Answer {
     Local(Response<Bytes>),
 }
 
-/// Per-request accounting that survives early returns and a dropped future.
-struct RequestCtx {
+/// Per-request accounting that survives early returns and a dropped future. It borrows the
+/// metrics from the [`Proxy`]; only an answer's body, which outlives the handler, holds `Arc`s
+/// of them (every clone of a shared `Arc` writes a line that every worker writes).
+struct RequestCtx<'a> {
     started: Instant,
-    model: Arc<ModelMetrics>,
-    pool: Arc<PoolMetrics>,
+    model: &'a Arc<ModelMetrics>,
+    pool: &'a Arc<PoolMetrics>,
     answered: bool,
 }
 
-impl RequestCtx {
+impl RequestCtx<'_> {
     fn answer(&mut self, status: StatusCode) {
         self.answered = true;
         self.model.answered(status.as_u16());
@@ -388,7 +399,7 @@ impl RequestCtx {
     }
 }
 
-impl Drop for RequestCtx {
+impl Drop for RequestCtx<'_> {
     fn drop(&mut self) {
         if !self.answered {
             // The client left while the request waited (queue or upstream head).
@@ -481,7 +492,7 @@ async fn respond(
     resp: Response<Incoming>,
     lease: upstream::Lease,
     admitted: Admitted,
-    ctx: &mut RequestCtx,
+    ctx: &mut RequestCtx<'_>,
 ) -> Response<GatewayBody> {
     let (mut parts, incoming) = resp.into_parts();
     forward::strip_hop_by_hop(&mut parts.headers);

@@ -61,8 +61,8 @@ fn parts(priority: Option<&str>) -> Parts {
 fn ctx(p: &Proxy) -> RequestCtx {
     RequestCtx {
         started: Instant::now(),
-        model: p.unrouted.clone(),
-        pool: p.unrouted_pool.clone(),
+        model: &p.unrouted,
+        pool: &p.unrouted_pool,
         answered: true,
     }
 }
