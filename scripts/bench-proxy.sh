@@ -21,7 +21,12 @@
 #   NO_BUILD=1 PIN=1 PRIO=rt scripts/bench-proxy.sh   # the setting of docs/BENCHMARKS.md's 19:04 runs
 #   DURATION=10 CONNS=128 STREAMS=1000 scripts/bench-proxy.sh
 #   STREAMS=1000 CHUNKS=60 INTERVAL_MS=50 SSE_ROUNDS=3 scripts/bench-proxy.sh  # phase 3 (the defaults)
-#   NO_BUILD=1 scripts/bench-proxy.sh   # use the release binaries already in target/
+#   NO_BUILD=1 scripts/bench-proxy.sh   # use the binaries already in target/
+#   PROFILE=release scripts/bench-proxy.sh   # the gateway as `cargo build --release` makes it
+#
+# The gateway is built with the `dist` profile by default (fat LTO, one codegen unit: what the
+# image ships, Cargo.toml); its first build takes about 14 minutes on 2 cores. The helpers
+# (echo upstream, bench client, the bare hyper floor) stay release builds.
 #   WIRE=0 scripts/bench-proxy.sh       # no loopback capture in phases 2 and 3
 #   WORKERS=1 scripts/bench-proxy.sh    # the gateway's --workers (default: one per core)
 #   BASELINE_BIN=/tmp/infergate-old scripts/bench-proxy.sh  # also measure another build ("baseline")
@@ -58,6 +63,7 @@ BURST_CHUNKS=${BURST_CHUNKS:-60}
 SSE_ROUNDS=${SSE_ROUNDS:-3}
 INTERVAL_MS=${INTERVAL_MS:-50}
 WORKERS=${WORKERS:-0}
+PROFILE=${PROFILE:-dist}
 BASELINE_BIN=${BASELINE_BIN:-}
 OPEN_DURATION=${OPEN_DURATION:-3}
 OPEN_REPS=${OPEN_REPS:-7}
@@ -77,8 +83,8 @@ command -v wrk >/dev/null || { log "wrk is missing: run scripts/install-tools.sh
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 
 if [ -z "${NO_BUILD:-}" ]; then
-  log "building (release)"
-  (cd "$root" && cargo build --release -q --bin infergate && cargo build --release -q -p infergate-gateway --example echo_upstream --example bench_client --example bare_proxy)
+  log "building (the gateway: profile $PROFILE; the helpers: release)"
+  (cd "$root" && cargo build --profile "$PROFILE" -q --bin infergate && cargo build --release -q -p infergate-gateway --example echo_upstream --example bench_client --example bare_proxy)
 fi
 # cli: prefix for load clients; srv: for the upstream; psrv: for the proxies (empty unless PIN or
 # PRIO is set).
@@ -97,7 +103,7 @@ if [ "$WIRE" != 0 ] && { ! command -v tcpdump >/dev/null || [ "$(id -u)" != 0 ];
   log "no loopback capture in phases 2 and 3: it needs tcpdump (scripts/install-tools.sh) and root"; WIRE=0
 fi
 bin="$root/target/release"
-INFERGATE_BIN=${INFERGATE_BIN:-$bin/infergate}
+INFERGATE_BIN=${INFERGATE_BIN:-$root/target/$PROFILE/infergate}
 ex="$root/target/release/examples"
 
 tmp=$(mktemp -d)
