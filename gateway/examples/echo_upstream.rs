@@ -62,6 +62,20 @@ impl hyper::body::Body for Out {
             Out::Stream(sse) => sse.poll_event(cx).map(|o| o.map(|b| Ok(Frame::data(b)))),
         }
     }
+
+    /// A JSON answer's exact length, so that it goes out with a Content-Length, as vLLM's and
+    /// SGLang's do (their JSON answers are whole FastAPI responses). Without it hyper sent it
+    /// chunked, and nginx, which passes chunks on as they come, made three writes of it.
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Out::Full(b) => http_body::SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Out::Stream(_) => http_body::SizeHint::default(),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, Out::Full(None))
+    }
 }
 
 fn answer_1k() -> Bytes {
