@@ -68,7 +68,9 @@ impl hyper::body::Body for Out {
     /// chunked, and nginx, which passes chunks on as they come, made three writes of it.
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
-            Out::Full(b) => http_body::SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Out::Full(b) => {
+                http_body::SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
+            }
             Out::Stream(_) => http_body::SizeHint::default(),
         }
     }
