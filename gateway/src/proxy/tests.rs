@@ -58,7 +58,7 @@ fn parts(priority: Option<&str>) -> Parts {
     req.body(()).expect("request").into_parts().0
 }
 
-fn ctx(p: &Proxy) -> RequestCtx {
+fn ctx(p: &Proxy) -> RequestCtx<'_> {
     RequestCtx {
         started: Instant::now(),
         model: &p.unrouted,
