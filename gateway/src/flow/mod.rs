@@ -105,9 +105,14 @@ impl<T> SharedQueue<T> {
         }
     }
 
-    /// Whether the queue was empty at the last unlock.
+    /// The queue's length at the last unlock (every change is made under the lock and
+    /// published at its unlock, so this is the length now, as far as anyone can know it).
+    fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
     fn is_empty(&self) -> bool {
-        self.len.load(Ordering::Acquire) == 0
+        self.len() == 0
     }
 }
 
@@ -230,7 +235,7 @@ impl<C: Capacity> FlowControl<C> {
 
     /// Requests waiting now (`infergate_pool_queued_requests`).
     pub fn queued(&self) -> usize {
-        self.inner.queue.lock().len()
+        self.inner.queue.len()
     }
 
     /// Admits the request at once if the pool has capacity and nobody waits; otherwise waits in
@@ -315,7 +320,7 @@ async fn dispatch<C: Capacity>(inner: Arc<Inner<C>>, cancel: CancellationToken) 
         changed.as_mut().enable();
         arrived.as_mut().enable();
         admit_heads(&inner);
-        if inner.queue.lock().is_empty() {
+        if inner.queue.is_empty() {
             // Nobody waits: sleep until someone does (no tick while idle), and let request ends
             // stop raising the signal for nobody.
             signal.unwatch();
