@@ -97,8 +97,8 @@ pub struct PoolRoute {
 pub struct Proxy {
     routes: Routes,
     pools: Vec<PoolRoute>,
-    /// Request metrics by model name (the routes' names: foldhash, as in [`Routes`]).
-    model_metrics: foldhash::HashMap<String, Arc<ModelMetrics>>,
+    /// Request metrics of each routed model, by [`Target::model`].
+    model_metrics: Vec<Arc<ModelMetrics>>,
     /// For requests that never reached a pool (bad path, bad JSON, unknown model).
     unrouted: Arc<ModelMetrics>,
     unrouted_pool: Arc<PoolMetrics>,
@@ -120,17 +120,13 @@ impl Proxy {
                 .iter()
                 .map(|p| (p.name.as_str(), p.models.as_slice())),
         );
-        let model_metrics = routes
-            .iter()
-            .map(|(model, t)| {
-                (
-                    model.to_string(),
-                    metrics.model(&pools[t.pool].metrics.name, model),
-                )
-            })
-            .collect();
         let unrouted_pool = metrics.pool(UNROUTED);
         let unrouted = metrics.model(&unrouted_pool.name, UNROUTED);
+        // A name routed twice leaves its first slot unused: counted as unrouted, never reached.
+        let mut model_metrics = vec![unrouted.clone(); routes.len()];
+        for (model, t) in routes.iter() {
+            model_metrics[t.model] = metrics.model(&pools[t.pool].metrics.name, model);
+        }
         let g = &config.gateway;
         Proxy {
             routes,
@@ -251,9 +247,7 @@ impl Proxy {
             )
             .with_param("model"));
         };
-        if let Some(m) = self.model_metrics.get(model) {
-            ctx.model = m;
-        }
+        ctx.model = &self.model_metrics[target.model];
         let mut hasher = PromptHasher::new(&self.prefix);
         for segment in &parsed.segments {
             hasher.feed(segment);

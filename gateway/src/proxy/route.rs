@@ -57,6 +57,9 @@ pub struct Target {
     pub pool: usize,
     /// The adapter, when the name is a LoRA adapter.
     pub lora: Option<String>,
+    /// The name's place among the routed names (configuration order, `0..Routes::len()`), for
+    /// per-model state kept in a `Vec` (the request's one hash lookup is this table's).
+    pub model: usize,
 }
 
 /// The model name -> pool table, and the `/v1/models` answer made once.
@@ -65,6 +68,8 @@ pub struct Routes {
     /// Looked up on every request, never grown by one: foldhash, not SipHash (the keys come from
     /// the configuration, so a client cannot pick colliding ones).
     by_model: foldhash::HashMap<String, Target>,
+    /// Names routed, duplicates included (a later entry of a name replaces the earlier).
+    len: usize,
     models_json: Bytes,
 }
 
@@ -79,17 +84,36 @@ impl Routes {
                     Some(adapter) => (adapter.to_string(), Some(adapter.to_string())),
                     None => (entry.clone(), None),
                 };
+                let model = data.len();
                 data.push(serde_json::json!({
                     "id": name, "object": "model", "created": 0, "owned_by": pool,
                 }));
-                by_model.insert(name, Target { pool: i, lora });
+                by_model.insert(
+                    name,
+                    Target {
+                        pool: i,
+                        lora,
+                        model,
+                    },
+                );
             }
         }
+        let len = data.len();
         let models_json = serde_json::json!({"object": "list", "data": data}).to_string();
         Routes {
             by_model,
+            len,
             models_json: Bytes::from(models_json),
         }
+    }
+
+    /// How many names were routed (the bound of [`Target::model`]).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     pub fn target(&self, model: &str) -> Option<&Target> {
@@ -140,17 +164,20 @@ mod tests {
             r.target("llama"),
             Some(&Target {
                 pool: 0,
-                lora: None
+                lora: None,
+                model: 0,
             })
         );
         assert_eq!(
             r.target("sql-helper"),
             Some(&Target {
                 pool: 0,
-                lora: Some("sql-helper".into())
+                lora: Some("sql-helper".into()),
+                model: 1,
             })
         );
-        assert_eq!(r.target("qwen").map(|t| t.pool), Some(1));
+        assert_eq!(r.target("qwen").map(|t| (t.pool, t.model)), Some((1, 2)));
+        assert_eq!(r.len(), 3);
         assert_eq!(r.target("lora:sql-helper"), None);
         let v: serde_json::Value = serde_json::from_slice(&r.models_json()).expect("json");
         assert_eq!(v["object"], "list");
