@@ -571,7 +571,7 @@ async fn a_silent_upstream_is_a_504_and_a_stalled_client_is_cut() {
         ) == Some(1.0)
     })
     .await;
-    // The same connection-level client can still be served: a normal request after it.
+    // One timeout does not take the pool out of service: the next request is answered.
     let ok = post(&api, CHAT, &[]).await;
     assert_eq!(ok.status, 200, "{}", ok.text());
 

@@ -74,7 +74,8 @@ impl CoarseTimer {
     }
 
     /// Deadlines armed and not yet fired.
-    pub fn pending(&self) -> usize {
+    #[cfg(test)]
+    fn pending(&self) -> usize {
         let t = self.table.lock();
         t.slots.iter().filter(|s| s.waker.is_some()).count()
     }
@@ -253,46 +254,49 @@ mod tests {
         }
     }
 
+    impl Count {
+        fn wakes(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    /// A timer, the test's clock origin, and a counting waker (its count and itself).
+    fn setup() -> (CoarseTimer, Instant, Arc<Count>, Waker) {
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(count.clone());
+        (CoarseTimer::new(), Instant::now(), count, waker)
+    }
+
     fn poll(sleep: &mut CoarseSleep, waker: &Waker) -> Poll<()> {
         Pin::new(sleep).poll(&mut Context::from_waker(waker))
     }
 
     #[test]
     fn fires_at_the_first_tick_at_or_after_the_deadline_never_before() {
-        let timer = CoarseTimer::new();
-        let t0 = Instant::now();
-        let count = Arc::new(Count::default());
-        let waker = Waker::from(count.clone());
+        let (timer, t0, count, waker) = setup();
         let mut sleep = timer.sleep_until(t0 + Duration::from_secs(1));
         assert!(poll(&mut sleep, &waker).is_pending());
         assert_eq!(timer.pending(), 1);
         timer.fire(t0 + Duration::from_millis(999));
-        assert_eq!(count.0.load(Ordering::SeqCst), 0, "not due yet");
+        assert_eq!(count.wakes(), 0, "not due yet");
         assert!(poll(&mut sleep, &waker).is_pending());
         timer.fire(t0 + Duration::from_secs(1));
-        assert_eq!(count.0.load(Ordering::SeqCst), 1, "woken once");
+        assert_eq!(count.wakes(), 1, "woken once");
         assert!(poll(&mut sleep, &waker).is_ready());
         timer.fire(t0 + Duration::from_secs(2));
-        assert_eq!(
-            count.0.load(Ordering::SeqCst),
-            1,
-            "a fired deadline is not woken again"
-        );
+        assert_eq!(count.wakes(), 1, "a fired deadline is not woken again");
         assert_eq!(timer.pending(), 0);
     }
 
     #[test]
     fn a_dropped_sleep_gives_its_slot_back_and_is_never_woken() {
-        let timer = CoarseTimer::new();
-        let t0 = Instant::now();
-        let count = Arc::new(Count::default());
-        let waker = Waker::from(count.clone());
+        let (timer, t0, count, waker) = setup();
         let mut a = timer.sleep_until(t0 + Duration::from_secs(1));
         assert!(poll(&mut a, &waker).is_pending());
         drop(a);
         assert_eq!(timer.pending(), 0);
         timer.fire(t0 + Duration::from_secs(5));
-        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        assert_eq!(count.wakes(), 0);
         // The freed slot serves the next sleep, and is armed afresh (not fired).
         let mut b = timer.sleep_until(t0 + Duration::from_secs(10));
         assert!(poll(&mut b, &waker).is_pending());
@@ -303,22 +307,19 @@ mod tests {
 
     #[test]
     fn the_latest_waker_is_the_one_woken() {
-        let timer = CoarseTimer::new();
-        let t0 = Instant::now();
-        let (first, second) = (Arc::new(Count::default()), Arc::new(Count::default()));
+        let (timer, t0, first, first_waker) = setup();
+        let second = Arc::new(Count::default());
         let mut sleep = timer.sleep_until(t0);
-        assert!(poll(&mut sleep, &Waker::from(first.clone())).is_pending());
+        assert!(poll(&mut sleep, &first_waker).is_pending());
         assert!(poll(&mut sleep, &Waker::from(second.clone())).is_pending());
         timer.fire(t0);
-        assert_eq!(first.0.load(Ordering::SeqCst), 0);
-        assert_eq!(second.0.load(Ordering::SeqCst), 1);
+        assert_eq!(first.wakes(), 0);
+        assert_eq!(second.wakes(), 1);
     }
 
     #[test]
     fn reset_moves_a_deadline_and_rearms_a_fired_one() {
-        let timer = CoarseTimer::new();
-        let t0 = Instant::now();
-        let waker = Waker::from(Arc::new(Count::default()));
+        let (timer, t0, _, waker) = setup();
         let mut sleep = timer.sleep_until(t0 + Duration::from_secs(1));
         assert!(poll(&mut sleep, &waker).is_pending());
         timer.fire(t0 + Duration::from_secs(1));
@@ -334,9 +335,7 @@ mod tests {
     #[test]
     fn hyper_resets_its_boxed_sleep_in_place() {
         use hyper::rt::Timer as _;
-        let timer = CoarseTimer::new();
-        let t0 = Instant::now();
-        let waker = Waker::from(Arc::new(Count::default()));
+        let (timer, t0, _, waker) = setup();
         let mut boxed = hyper::rt::Timer::sleep_until(&timer, t0 + Duration::from_secs(1));
         let mut cx = Context::from_waker(&waker);
         assert!(boxed.as_mut().poll(&mut cx).is_pending());

@@ -12,9 +12,9 @@
 //! the checked path walks every byte looking for control characters as well, about 3
 //! instructions per byte, 3,078 of the facts phase's 10,400 on a 1 KiB chat request
 //! (docs/BENCHMARKS.md). What the raw path does not do is done here: the text is checked for
-//! UTF-8 (with SIMD). What
-//! it lets through is a raw control character inside such a string, which strict JSON forbids:
-//! that is the model server's to refuse, as it would without the gateway.
+//! UTF-8 (with SIMD). What it lets through is a raw control character inside such a string,
+//! which strict JSON forbids: that is the model server's to refuse, as it would without the
+//! gateway.
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, SeqAccess, Visitor};
