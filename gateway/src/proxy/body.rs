@@ -14,7 +14,6 @@
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,7 +21,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use super::error::sse_error_events;
-use super::upstream::Lease;
+use super::upstream::{AnswerBody, Lease, UpstreamError};
 use super::usage::{SseUsageWatcher, Usage, read_usage};
 use crate::pool::InflightGuard;
 use crate::telemetry::{ModelMetrics, PoolMetrics};
@@ -101,9 +100,9 @@ pub struct Accounting {
 
 /// The upstream's body, passed through and observed.
 pub struct ObservedBody {
-    inner: Incoming,
+    inner: AnswerBody,
     /// What [`ObservedBody::prefetch`] read ahead (`None`: the end), passed on first.
-    ahead: VecDeque<Option<Result<Frame<Bytes>, hyper::Error>>>,
+    ahead: VecDeque<Option<Result<Frame<Bytes>, UpstreamError>>>,
     watch: Watch,
     account: Accounting,
     /// The upstream connection, handed back when the body ends cleanly; otherwise dropped with
@@ -116,7 +115,7 @@ pub struct ObservedBody {
 impl ObservedBody {
     /// Observes `inner`; `sse` when the upstream answered `text/event-stream`, `json_len` the
     /// Content-Length of a JSON answer (or `Some(0)` when JSON of unknown length).
-    pub fn new(inner: Incoming, sse: bool, json_len: Option<u64>, account: Accounting) -> Self {
+    pub fn new(inner: AnswerBody, sse: bool, json_len: Option<u64>, account: Accounting) -> Self {
         let watch = if sse {
             Watch::Sse(SseUsageWatcher::new())
         } else if json_len.is_some_and(|n| n as usize <= MAX_USAGE_BODY) {
@@ -146,8 +145,10 @@ impl ObservedBody {
 
     /// The upstream body has ended cleanly, at `now`: its connection may carry another request.
     fn release(&mut self, now: Instant) {
-        if let Some(lease) = self.lease.take() {
-            lease.release(now);
+        if let Some(lease) = self.lease.take()
+            && let Some(conn) = self.inner.take_idle()
+        {
+            lease.release(conn, now);
         }
     }
 

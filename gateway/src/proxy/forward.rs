@@ -12,7 +12,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Request, Response, Uri, Version};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use std::sync::Arc;
@@ -20,7 +19,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use super::error::{ErrorKind, ProxyError};
-use super::upstream::{Lease, Upstreams};
+use super::upstream::{AnswerBody, Lease, Upstreams};
 use crate::pool::Endpoint;
 
 /// The scrapers' pooled client: keep-alive HTTP/1.1 to the model servers' `/metrics`. (The data
@@ -56,10 +55,9 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// Makes the client's headers the upstream's, in place, once per request: hop-by-hop headers
 /// go (they describe the client's connection). `Host` is set per attempt ([`upstream_request`]).
 ///
-/// Content-Length stays when the client sent it without hop-by-hop framing: hyper checked that
-/// the body had exactly that length, and the body goes on unchanged. When the client's message
-/// had hop-by-hop headers (`Transfer-Encoding: chunked`, above all), its Content-Length, if
-/// any, goes too and hyper writes one from the body.
+/// When the client's message had hop-by-hop headers (`Transfer-Encoding: chunked`, above all),
+/// its Content-Length, if any, goes too. (The upstream request's Content-Length is always the
+/// body's own, written with its head: [`super::upstream::Conn::write_request`].)
 pub fn end_to_end_headers(headers: &mut HeaderMap) {
     if remove_where(headers, is_hop_by_hop) {
         headers.remove(header::CONTENT_LENGTH);
@@ -79,9 +77,9 @@ pub fn upstream_request(
     mut headers: HeaderMap,
     endpoint: &Endpoint,
     body: Bytes,
-) -> Request<Full<Bytes>> {
+) -> Request<Bytes> {
     headers.insert(header::HOST, endpoint.host_header().clone());
-    let mut req = Request::new(Full::new(body));
+    let mut req = Request::new(body);
     *req.method_mut() = method.clone();
     *req.uri_mut() = match uri.path_and_query() {
         Some(pq) => Uri::from(pq.clone()),
@@ -115,7 +113,7 @@ fn remove_where(headers: &mut HeaderMap, matches: impl Fn(&HeaderName) -> bool) 
 pub enum Attempt {
     /// The endpoint answered (any status); its head is here, its body not yet read, and the
     /// connection is lent until that body ends.
-    Answered(Response<Incoming>, Lease),
+    Answered(Response<AnswerBody>, Lease),
     /// Failed before any answer byte.
     Failed(ProxyError, &'static str),
 }
@@ -126,7 +124,7 @@ pub enum Attempt {
 pub async fn attempt(
     upstreams: &Arc<Upstreams>,
     endpoint: &Arc<Endpoint>,
-    req: Request<Full<Bytes>>,
+    req: &Request<Bytes>,
     first_byte_timeout: Duration,
 ) -> Attempt {
     let answer = upstreams

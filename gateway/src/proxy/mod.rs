@@ -280,7 +280,7 @@ impl Proxy {
         body: Bytes,
         facts: &RequestFacts,
         mut current: Admitted,
-    ) -> Result<(Response<Incoming>, upstream::Lease, Admitted), ProxyError> {
+    ) -> Result<(Response<upstream::AnswerBody>, upstream::Lease, Admitted), ProxyError> {
         let mut tried: Vec<EndpointId> = Vec::new();
         let mut retries = 0;
         loop {
@@ -300,7 +300,7 @@ impl Proxy {
             let outcome = forward::attempt(
                 upstreams,
                 &current.endpoint,
-                req,
+                &req,
                 self.limits.first_byte_timeout,
             )
             .await;
@@ -483,7 +483,7 @@ fn json_response(body: Bytes) -> Response<Bytes> {
 /// The respond phase: the upstream's head and its observed body (its first frame already read,
 /// unless it is a stream: [`body::ObservedBody::prefetch`]).
 async fn respond(
-    resp: Response<Incoming>,
+    resp: Response<upstream::AnswerBody>,
     lease: upstream::Lease,
     admitted: Admitted,
     ctx: &mut RequestCtx<'_>,

@@ -9,20 +9,28 @@
 //! a map that only this worker's thread touches. Each worker has its own [`Upstreams`], so a
 //! connection is driven by the thread that serves its client (see `server.rs`).
 //!
+//! Each connection is driven by the request that holds it, not by a task of its own
+//! ([`http1`] says why and what HTTP/1.1 it speaks); its answer's body owns it until the end
+//! ([`AnswerBody`]).
+//!
 //! A connection is reused only after an answer ended cleanly. An answer cut short (the client
 //! left, a timeout, an error) drops its connection, which closes it: for a model server, closing
 //! is how a generation is cancelled.
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
+
+mod answer;
+mod chunked;
+mod http1;
+
+pub use answer::AnswerBody;
+pub use http1::{Conn, UpstreamError};
 
 use crate::coarse_timer::CoarseTimer;
 use crate::pool::Endpoint;
@@ -30,8 +38,6 @@ use infergate_config::UpstreamConfig;
 
 /// TCP keepalive probes start after this much silence (a pod that vanished without a FIN).
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
-
-type Sender = http1::SendRequest<Full<Bytes>>;
 
 /// Why a request could not be sent.
 #[derive(Debug, thiserror::Error)]
@@ -45,9 +51,17 @@ pub enum SendError {
     },
     #[error("cannot connect to {addr}: no answer within {timeout:?}")]
     ConnectTimeout { addr: String, timeout: Duration },
+    /// A new connection failed before the request was written whole: it never reached the
+    /// server as a request.
+    #[error("cannot send to {addr}: {source}")]
+    Write {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// The connection failed after the request may have left.
     #[error("{0}")]
-    Protocol(#[source] hyper::Error),
+    Protocol(#[source] UpstreamError),
 }
 
 impl SendError {
@@ -59,7 +73,7 @@ impl SendError {
 
 /// One idle connection and when it became idle.
 struct Idle {
-    sender: Sender,
+    conn: Conn,
     since: Instant,
 }
 
@@ -90,17 +104,17 @@ impl std::fmt::Debug for Upstreams {
     }
 }
 
-/// A connection lent to one request, until its answer ends.
+/// Where a connection lent to one request goes back when its answer ends cleanly (the
+/// connection itself is in the answer's body, [`AnswerBody::take_idle`]).
 pub struct Lease {
-    sender: Sender,
     endpoint: Arc<Endpoint>,
     upstreams: Arc<Upstreams>,
 }
 
 impl Lease {
-    /// The answer has ended cleanly, at `now`: the connection may carry the next request.
-    pub fn release(self, now: Instant) {
-        self.upstreams.put(&self.endpoint, self.sender, now);
+    /// The answer on `conn` has ended cleanly, at `now`: it may carry the next request.
+    pub fn release(self, conn: Conn, now: Instant) {
+        self.upstreams.put(&self.endpoint, conn, now);
     }
 }
 
@@ -124,73 +138,77 @@ impl Upstreams {
     pub async fn send(
         self: &Arc<Self>,
         endpoint: &Arc<Endpoint>,
-        mut req: Request<Full<Bytes>>,
-    ) -> Result<(Response<Incoming>, Lease), SendError> {
-        // An idle connection the server has closed meanwhile hands the request back unsent.
-        while let Some(mut sender) = self.take(endpoint) {
-            if sender.ready().await.is_err() {
+        req: &Request<Bytes>,
+    ) -> Result<(Response<AnswerBody>, Lease), SendError> {
+        while let Some(mut conn) = self.take(endpoint) {
+            // Closed by its server meanwhile (its idle timeout, a restart): the next one.
+            if !std::future::poll_fn(|cx| Poll::Ready(conn.poll_idle_open(cx))).await {
                 continue;
             }
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, self.lease(sender, endpoint))),
-                Err(mut e) => match e.take_message() {
-                    Some(back) => req = back,
-                    None => return Err(SendError::Protocol(e.into_error())),
-                },
+            // A write that fails did not deliver the request whole: safe on another.
+            if conn.write_request(req).await.is_err() {
+                continue;
             }
+            return self.answer(conn, req, endpoint).await;
         }
         // Boxed: a new connection is the rare case, and its future (name resolution, connect,
-        // handshake, their timeout) would otherwise be carried inline in every request's future,
-        // which is moved whole more than once per request.
-        let mut sender = Box::pin(connect(
+        // their timeout) would otherwise be carried inline in every request's future, which is
+        // moved whole more than once per request.
+        let mut conn = Box::pin(connect(
             endpoint.connect_addr(),
             self.config.connect_timeout,
         ))
         .await?;
-        match sender.try_send_request(req).await {
-            Ok(resp) => Ok((resp, self.lease(sender, endpoint))),
-            Err(e) => Err(SendError::Protocol(e.into_error())),
+        if let Err(source) = conn.write_request(req).await {
+            return Err(SendError::Write {
+                addr: endpoint.connect_addr().to_string(),
+                source,
+            });
         }
+        self.answer(conn, req, endpoint).await
     }
 
-    fn lease(self: &Arc<Self>, sender: Sender, endpoint: &Arc<Endpoint>) -> Lease {
-        Lease {
-            sender,
+    async fn answer(
+        self: &Arc<Self>,
+        conn: Conn,
+        req: &Request<Bytes>,
+        endpoint: &Arc<Endpoint>,
+    ) -> Result<(Response<AnswerBody>, Lease), SendError> {
+        let resp = conn
+            .read_answer(req.method())
+            .await
+            .map_err(SendError::Protocol)?;
+        let lease = Lease {
             endpoint: endpoint.clone(),
             upstreams: self.clone(),
-        }
+        };
+        Ok((resp, lease))
     }
 
-    /// The newest idle connection to `endpoint` that is open and has not idled past the idle
-    /// timeout (past it, the server may be closing it at this very moment).
-    fn take(&self, endpoint: &Endpoint) -> Option<Sender> {
+    /// The newest idle connection to `endpoint` that has not idled past the idle timeout
+    /// (past it, the server may be closing it at this very moment). Whether its server closed
+    /// it meanwhile is the caller's check ([`Conn::poll_idle_open`]), which needs the task.
+    fn take(&self, endpoint: &Endpoint) -> Option<Conn> {
         let now = Instant::now();
         let mut idle = self.idle.lock();
         let list = idle.get_mut(endpoint.url())?;
-        while let Some(conn) = list.pop() {
-            if conn.idled_past(now, self.config.idle_timeout) {
-                // The rest are older still.
-                list.clear();
-                return None;
-            }
-            if !conn.sender.is_closed() {
-                return Some(conn.sender);
-            }
+        let newest = list.pop()?;
+        if newest.idled_past(now, self.config.idle_timeout) {
+            // The rest are older still.
+            list.clear();
+            return None;
         }
-        None
+        Some(newest.conn)
     }
 
-    fn put(&self, endpoint: &Endpoint, sender: Sender, now: Instant) {
-        if sender.is_closed() {
-            return;
-        }
+    fn put(&self, endpoint: &Endpoint, conn: Conn, now: Instant) {
         let mut idle = self.idle.lock();
         let list = match idle.get_mut(endpoint.url()) {
             Some(list) => list,
             None => idle.entry(endpoint.url().to_string()).or_default(),
         };
         if list.len() < self.config.max_idle_per_endpoint {
-            list.push(Idle { sender, since: now });
+            list.push(Idle { conn, since: now });
         }
     }
 
@@ -204,7 +222,7 @@ impl Upstreams {
         let now = Instant::now();
         let mut idle = self.idle.lock();
         idle.retain(|_, list| {
-            list.retain(|c| !c.sender.is_closed() && !c.idled_past(now, max_idle));
+            list.retain(|c| !c.idled_past(now, max_idle) && c.conn.probe_open());
             !list.is_empty()
         });
     }
@@ -229,8 +247,8 @@ impl Upstreams {
     }
 }
 
-/// A new connection to `addr` (`host:port`), driven by a task on the current runtime.
-async fn connect(addr: &str, timeout: Duration) -> Result<Sender, SendError> {
+/// A new connection to `addr` (`host:port`).
+async fn connect(addr: &str, timeout: Duration) -> Result<Conn, SendError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(source)) => {
@@ -250,15 +268,7 @@ async fn connect(addr: &str, timeout: Duration) -> Result<Sender, SendError> {
     let _ = stream.set_nodelay(true);
     let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
     let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-    let (sender, conn) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(SendError::Protocol)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
+    Ok(Conn::new(stream))
 }
 
 #[cfg(test)]
@@ -268,7 +278,9 @@ mod tests {
     use super::*;
     use crate::discovery::DiscoveredEndpoint;
     use crate::picker::EndpointId;
-    use http_body_util::BodyExt;
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Incoming;
+    use hyper_util::rt::TokioIo;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A server answering "ok"; with `close`, each answer also closes its connection.
@@ -307,22 +319,27 @@ mod tests {
         ))
     }
 
-    fn request(ep: &Endpoint) -> Request<Full<Bytes>> {
+    fn request(ep: &Endpoint) -> Request<Bytes> {
         let mut req = Request::get("/v1/models")
-            .body(Full::new(Bytes::new()))
+            .body(Bytes::new())
             .expect("request");
         req.headers_mut()
             .insert(http::header::HOST, ep.host_header().clone());
         req
     }
 
-    /// One exchange; the body is read to its end, then the lease released or dropped.
+    /// One exchange; the body is read to its end, then the connection released (if its
+    /// answer allows) or dropped.
     async fn exchange(up: &Arc<Upstreams>, ep: &Arc<Endpoint>, release: bool) {
-        let (resp, lease) = up.send(ep, request(ep)).await.expect("send");
-        let body = resp.into_body().collect().await.expect("body").to_bytes();
-        assert_eq!(body, "ok");
-        if release {
-            lease.release(Instant::now());
+        let (resp, lease) = up.send(ep, &request(ep)).await.expect("send");
+        let mut body = resp.into_body();
+        let mut data = Vec::new();
+        while let Some(frame) = body.frame().await {
+            data.extend_from_slice(&frame.expect("frame").into_data().expect("data"));
+        }
+        assert_eq!(data, b"ok");
+        if release && let Some(conn) = body.take_idle() {
+            lease.release(conn, Instant::now());
         }
     }
 
@@ -404,6 +421,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_its_server_closed_silently_is_replaced_without_an_error() {
+        // A server that answers one request per connection and closes it, without saying so
+        // in the answer (as a server does when its keep-alive timeout passes).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            }
+        });
+        let (up, ep) = (
+            Upstreams::new(UpstreamConfig::default(), CoarseTimer::new()),
+            endpoint(&url),
+        );
+        for _ in 0..3 {
+            exchange(&up, &ep, true).await;
+            assert_eq!(up.idle_count(), 1, "kept: its answer did not say close");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
     async fn a_refused_connection_is_a_connect_error() {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -413,7 +463,7 @@ mod tests {
             Upstreams::new(UpstreamConfig::default(), CoarseTimer::new()),
             endpoint(&format!("http://127.0.0.1:{port}")),
         );
-        let err = up.send(&ep, request(&ep)).await.err().expect("refused");
+        let err = up.send(&ep, &request(&ep)).await.err().expect("refused");
         assert!(err.is_connect(), "{err}");
         assert!(
             err.to_string().contains(&format!("127.0.0.1:{port}")),

@@ -1,0 +1,345 @@
+//! One keep-alive HTTP/1.1 connection to a model server, driven by the request that holds it.
+//!
+//! Why not hyper's client connection, which the gateway used before: hyper drives each client
+//! connection from a task of its own, and a request reaches it through a channel (an mpsc send,
+//! a wake-up of the connection's task, a oneshot back with the answer's head, and the body's
+//! frames through another channel): two tasks and their wake-ups per request, for a connection
+//! that only ever carries one request at a time. Here the request's own task writes the request
+//! and reads the answer: the head is encoded straight into the connection's buffer, the answer's
+//! head parsed with httparse (the parser hyper uses), and the body read by the answer's body
+//! ([`AnswerBody`]) as the client's connection asks for it.
+//!
+//! The contract is narrow on purpose, and the gateway controls both ends of it: HTTP/1.1 with
+//! keep-alive to a model server, one request at a time, a body whose bytes are all known before
+//! it is sent. Answers are read as RFC 9112 says: interim 1xx heads are skipped, the body is
+//! framed by Transfer-Encoding, else Content-Length, else the connection's close; a connection
+//! is reused only after an answer whose end was read exactly and which did not ask to close.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::answer::{AnswerBody, Framing};
+use super::chunked::{ChunkError, ChunkedDecoder};
+
+/// Most header lines in an answer's head (hyper's default too).
+const MAX_HEADERS: usize = 100;
+
+/// Largest answer head accepted, interim heads included.
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// Free space made in the read buffer before a read: a small answer arrives in one read; a
+/// large one, or a stream, in reads of up to this size.
+const READ_SIZE: usize = 16 * 1024;
+
+/// Why an exchange on a connection failed after the request may have left.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("the connection closed before an answer")]
+    ClosedBeforeAnswer,
+    #[error("the connection closed mid-answer")]
+    ClosedMidAnswer,
+    #[error("malformed answer head: {0}")]
+    Head(#[from] httparse::Error),
+    #[error("answer head over {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    #[error("malformed answer head: {0}")]
+    Invalid(&'static str),
+    #[error("malformed chunked body: {0}")]
+    Chunked(#[from] ChunkError),
+}
+
+/// One connection: the socket, the bytes read from it and not yet consumed, and the buffer the
+/// next request's head is written into (kept, so that a connection's requests reuse it).
+#[derive(Debug)]
+pub struct Conn {
+    stream: TcpStream,
+    pub(super) read: BytesMut,
+    head: Vec<u8>,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream) -> Conn {
+        Conn {
+            stream,
+            read: BytesMut::new(),
+            head: Vec::new(),
+        }
+    }
+
+    /// Whether an idle connection can carry a request: nothing has arrived on it since its last
+    /// answer. Something arriving on an idle connection is its server closing it (or bytes no
+    /// request asked for; either way it is done). No system call while nothing arrived: tokio
+    /// knows the socket was drained by the last read (a short read) and has had no event since.
+    pub fn poll_idle_open(&self, cx: &mut Context<'_>) -> bool {
+        match self.stream.poll_read_ready(cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            // An event, or a read that filled its buffer exactly: one look settles it.
+            Poll::Ready(Ok(())) => self.probe_open(),
+        }
+    }
+
+    /// Whether the socket has nothing to read and no end: one non-blocking read.
+    pub fn probe_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Writes `req`: its head, then its body. On an error, the request did not reach the
+    /// server whole, so the server cannot have acted on it.
+    pub async fn write_request(&mut self, req: &Request<Bytes>) -> io::Result<()> {
+        encode_head(&mut self.head, req);
+        let mut head: &[u8] = &self.head;
+        let mut body: &[u8] = req.body();
+        // One `writev` for both in the common case; the body is not copied.
+        while !head.is_empty() || !body.is_empty() {
+            let n = self
+                .stream
+                .write_vectored(&[IoSlice::new(head), IoSlice::new(body)])
+                .await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            let from_head = n.min(head.len());
+            head = &head[from_head..];
+            body = &body[n - from_head..];
+        }
+        Ok(())
+    }
+
+    /// Reads the answer's head; its body is read by the returned answer's [`AnswerBody`],
+    /// which owns the connection from here.
+    pub async fn read_answer(
+        mut self,
+        method: &Method,
+    ) -> Result<Response<AnswerBody>, UpstreamError> {
+        let head_request = method == Method::HEAD;
+        loop {
+            if !self.read.is_empty()
+                && let Some(head) = parse_head(&mut self.read, head_request)?
+            {
+                let mut resp = Response::new(AnswerBody::new(self, head.framing, head.keep_alive));
+                *resp.status_mut() = head.status;
+                *resp.version_mut() = head.version;
+                *resp.headers_mut() = head.headers;
+                return Ok(resp);
+            }
+            if std::future::poll_fn(|cx| self.poll_fill(cx)).await? == 0 {
+                return Err(UpstreamError::ClosedBeforeAnswer);
+            }
+        }
+    }
+
+    /// Reads what has arrived into the read buffer: the number of bytes, 0 at the end.
+    pub(super) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read.capacity() - self.read.len() < READ_SIZE / 4 {
+            self.read.reserve(READ_SIZE);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read)
+    }
+}
+
+/// Writes `req`'s head into `dst` (emptied first): request line with the origin-form target,
+/// the headers as they are, and a Content-Length that is the body's (any Content-Length in the
+/// map is not copied: the framing sent always matches the bytes sent).
+pub fn encode_head(dst: &mut Vec<u8>, req: &Request<Bytes>) {
+    dst.clear();
+    dst.extend_from_slice(req.method().as_str().as_bytes());
+    dst.push(b' ');
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    dst.extend_from_slice(target.as_bytes());
+    dst.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        if name == header::CONTENT_LENGTH {
+            continue;
+        }
+        dst.extend_from_slice(name.as_str().as_bytes());
+        dst.extend_from_slice(b": ");
+        dst.extend_from_slice(value.as_bytes());
+        dst.extend_from_slice(b"\r\n");
+    }
+    let len = req.body().len();
+    // As hyper does: no length for an empty body of a method that does not expect one.
+    let bodiless = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE
+    );
+    if len > 0 || !bodiless {
+        dst.extend_from_slice(b"content-length: ");
+        dst.extend_from_slice(itoa(len, &mut [0u8; 20]));
+        dst.extend_from_slice(b"\r\n");
+    }
+    dst.extend_from_slice(b"\r\n");
+}
+
+/// `n` in decimal, in `buf`.
+fn itoa(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
+/// An answer's head, and how its body is framed.
+#[derive(Debug)]
+pub struct Head {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// Whether the connection may carry another request once the body has ended.
+    pub keep_alive: bool,
+}
+
+/// Where one header line is in the head: name and value, as byte ranges.
+#[derive(Clone, Copy, Default)]
+struct Span {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+/// Parses the answer's head from the front of `buf`, consuming it (interim 1xx heads
+/// included); `None` until all of it has arrived. The header values share the head's bytes.
+pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, UpstreamError> {
+    loop {
+        let mut spans = [Span::default(); MAX_HEADERS];
+        let (len, code, minor, count) = {
+            let mut raw = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut []);
+            let len = match httparse::ParserConfig::default()
+                .parse_response_with_uninit_headers(&mut resp, buf, &mut raw)?
+            {
+                httparse::Status::Complete(len) => len,
+                httparse::Status::Partial if buf.len() > MAX_HEAD => {
+                    return Err(UpstreamError::HeadTooLarge);
+                }
+                httparse::Status::Partial => return Ok(None),
+            };
+            let base = buf.as_ptr() as usize;
+            let at = |s: &[u8]| {
+                let start = (s.as_ptr() as usize - base) as u32;
+                (start, start + s.len() as u32)
+            };
+            for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+                span.name = at(h.name.as_bytes());
+                span.value = at(h.value);
+            }
+            let code = resp.code.ok_or(UpstreamError::Invalid("no status"))?;
+            (len, code, resp.version.unwrap_or(1), resp.headers.len())
+        };
+        if (100..200).contains(&code) {
+            if code == 101 {
+                return Err(UpstreamError::Invalid("protocol switch not asked for"));
+            }
+            // An interim answer (100 Continue, 103 Early Hints): the final one follows.
+            buf.advance(len);
+            continue;
+        }
+        let status =
+            StatusCode::from_u16(code).map_err(|_| UpstreamError::Invalid("status code"))?;
+        let head = buf.split_to(len).freeze();
+        return build_head(&head, &spans[..count], status, minor, head_request).map(Some);
+    }
+}
+
+/// The head's header map and framing, from the header lines found in `head`.
+fn build_head(
+    head: &Bytes,
+    spans: &[Span],
+    status: StatusCode,
+    minor: u8,
+    head_request: bool,
+) -> Result<Head, UpstreamError> {
+    let slice = |(a, b): (u32, u32)| a as usize..b as usize;
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut length: Option<u64> = None;
+    let mut chunked: Option<bool> = None;
+    let (mut close, mut keep_alive_token) = (false, false);
+    for span in spans {
+        let name = HeaderName::from_bytes(&head[slice(span.name)])
+            .map_err(|_| UpstreamError::Invalid("header name"))?;
+        let raw = &head[slice(span.value)];
+        if name == header::CONTENT_LENGTH {
+            for n in raw.split(|b| *b == b',') {
+                let n =
+                    parse_length(n.trim_ascii()).ok_or(UpstreamError::Invalid("content-length"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(UpstreamError::Invalid("conflicting content-length"));
+                }
+                length = Some(n);
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            // The last coding of the last line decides.
+            if let Some(last) = raw.rsplit(|b| *b == b',').next() {
+                chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            }
+        } else if name == header::CONNECTION {
+            for token in raw.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        let value = HeaderValue::from_maybe_shared(head.slice(slice(span.value)))
+            .map_err(|_| UpstreamError::Invalid("header value"))?;
+        headers.append(name, value);
+    }
+    let bodiless =
+        head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let framing = match (bodiless, chunked, length) {
+        (true, _, _) => Framing::Empty,
+        (false, Some(true), _) => Framing::Chunked(ChunkedDecoder::new()),
+        // Another coding than chunked last: only the close can end it.
+        (false, Some(false), _) => Framing::Close,
+        (false, None, Some(n)) => Framing::Length(n),
+        (false, None, None) => Framing::Close,
+    };
+    let version = if minor == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let persistent = if minor == 0 {
+        keep_alive_token && !close
+    } else {
+        !close
+    };
+    // Both framings at once is how request smuggling starts: such a connection is not reused.
+    let ambiguous = chunked.is_some() && length.is_some();
+    let keep_alive = persistent && !ambiguous && !matches!(framing, Framing::Close);
+    Ok(Head {
+        status,
+        version,
+        headers,
+        framing,
+        keep_alive,
+    })
+}
+
+/// A Content-Length value: digits only (no sign, no space), at most 19 of them.
+fn parse_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        digits
+            .iter()
+            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0')),
+    )
+}
+
+#[cfg(test)]
+mod tests;

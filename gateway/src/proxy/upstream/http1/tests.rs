@@ -1,0 +1,430 @@
+//! The head codec on byte strings, and the connection over real loopback sockets to raw TCP
+//! servers that write exactly the bytes a test gives them (a real HTTP server would not send
+//! the malformed, interim or cut-short answers these tests need).
+
+use super::*;
+use crate::proxy::upstream::answer::AnswerBody;
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+fn post(body: &'static str) -> Request<Bytes> {
+    let mut req = Request::post("/v1/completions?x=1")
+        .body(Bytes::from_static(body.as_bytes()))
+        .expect("request");
+    req.headers_mut()
+        .insert(header::HOST, HeaderValue::from_static("pod:8000"));
+    req
+}
+
+fn head_of(req: &Request<Bytes>) -> String {
+    let mut dst = b"left over".to_vec();
+    encode_head(&mut dst, req);
+    String::from_utf8(dst).expect("ascii")
+}
+
+#[test]
+fn a_request_head_has_origin_form_its_headers_and_the_body_length() {
+    let mut req = post("{\"a\":1}");
+    req.headers_mut()
+        .append("x-tag", HeaderValue::from_static("one"));
+    req.headers_mut()
+        .append("x-tag", HeaderValue::from_static("two"));
+    // A stale length in the map is not copied: the body's own is written.
+    req.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+    assert_eq!(
+        head_of(&req),
+        "POST /v1/completions?x=1 HTTP/1.1\r\nhost: pod:8000\r\nx-tag: one\r\nx-tag: two\r\n\
+         content-length: 7\r\n\r\n"
+    );
+}
+
+#[test]
+fn a_bodiless_get_has_no_length_and_an_empty_post_has_zero() {
+    let get = Request::get("/v1/models").body(Bytes::new()).expect("get");
+    assert_eq!(head_of(&get), "GET /v1/models HTTP/1.1\r\n\r\n");
+    assert!(head_of(&post("")).ends_with("content-length: 0\r\n\r\n"));
+}
+
+#[test]
+fn itoa_writes_decimal() {
+    for n in [0, 7, 10, 1024, usize::MAX] {
+        assert_eq!(itoa(n, &mut [0; 20]), n.to_string().as_bytes());
+    }
+}
+
+/// Parses `wire` whole; the head and what is left in the buffer.
+fn parse(wire: &str, head_request: bool) -> Result<Option<(Head, String)>, UpstreamError> {
+    let mut buf = BytesMut::from(wire.as_bytes());
+    Ok(parse_head(&mut buf, head_request)?
+        .map(|h| (h, String::from_utf8(buf.to_vec()).expect("utf8"))))
+}
+
+fn complete(wire: &str) -> (Head, String) {
+    parse(wire, false).expect("valid").expect("complete")
+}
+
+#[test]
+fn a_length_framed_answer_keeps_its_connection_and_leaves_its_body() {
+    let (head, rest) = complete(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+    );
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(head.version, Version::HTTP_11);
+    assert_eq!(head.headers["content-type"], "application/json");
+    assert!(matches!(head.framing, Framing::Length(2)));
+    assert!(head.keep_alive);
+    assert_eq!(rest, "{}");
+}
+
+#[test]
+fn an_unfinished_head_is_not_an_answer_yet() {
+    assert!(
+        parse("HTTP/1.1 200 OK\r\ncontent-le", false)
+            .expect("valid")
+            .is_none()
+    );
+    let long = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_HEAD));
+    assert!(matches!(
+        parse(&long, false),
+        Err(UpstreamError::HeadTooLarge)
+    ));
+}
+
+#[test]
+fn interim_answers_are_skipped() {
+    let (head, rest) = complete(
+        "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
+         HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n",
+    );
+    assert_eq!(head.status, StatusCode::CREATED);
+    assert!(
+        !head.headers.contains_key("link"),
+        "the interim head's headers are not kept"
+    );
+    assert_eq!(rest, "");
+    assert!(matches!(
+        parse("HTTP/1.1 101 Switching Protocols\r\n\r\n", false),
+        Err(UpstreamError::Invalid(_))
+    ));
+}
+
+#[test]
+fn framing_follows_rfc_9112() {
+    let framing = |wire: &str, head_request: bool| {
+        let (head, _) = parse(wire, head_request).expect("valid").expect("complete");
+        (head.framing, head.keep_alive)
+    };
+    let chunked = framing(
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, Chunked\r\n\r\n",
+        false,
+    );
+    assert!(matches!(chunked, (Framing::Chunked(_), true)));
+    // Transfer-Encoding wins over Content-Length, and such a connection is not reused.
+    let both = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n";
+    assert!(matches!(framing(both, false), (Framing::Chunked(_), false)));
+    let not_chunked = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n";
+    assert!(matches!(
+        framing(not_chunked, false),
+        (Framing::Close, false)
+    ));
+    let unframed = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n";
+    assert!(matches!(framing(unframed, false), (Framing::Close, false)));
+    let no_content = "HTTP/1.1 204 No Content\r\ncontent-length: 3\r\n\r\n";
+    assert!(matches!(framing(no_content, false), (Framing::Empty, true)));
+    let head = "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n";
+    assert!(matches!(framing(head, true), (Framing::Empty, true)));
+    let same_twice = "HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\ncontent-length: 3\r\n\r\n";
+    assert!(matches!(
+        framing(same_twice, false),
+        (Framing::Length(3), true)
+    ));
+}
+
+#[test]
+fn the_connection_header_and_the_version_decide_reuse() {
+    let reuse = |wire: &str| complete(wire).0.keep_alive;
+    assert!(!reuse(
+        "HTTP/1.1 200 OK\r\nconnection: Close\r\ncontent-length: 0\r\n\r\n"
+    ));
+    assert!(!reuse(
+        "HTTP/1.1 200 OK\r\nconnection: te, close\r\ncontent-length: 0\r\n\r\n"
+    ));
+    assert!(!reuse("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n"));
+    assert!(reuse(
+        "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n"
+    ));
+    assert_eq!(
+        complete("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .0
+            .version,
+        Version::HTTP_10
+    );
+}
+
+#[test]
+fn malformed_heads_are_errors() {
+    for wire in [
+        "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 1 2\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
+        "HTTP/1.1 2000 OK\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+        "SMTP ready\r\n\r\n",
+    ] {
+        assert!(parse(wire, false).is_err(), "{wire:?}");
+    }
+}
+
+/// A raw server: accepts one connection, then for each message on `script` writes its bytes
+/// (an empty message closes the connection). What the gateway wrote comes back on the second
+/// receiver, read until the connection ends.
+async fn raw_server() -> (
+    String,
+    mpsc::UnboundedSender<Vec<u8>>,
+    mpsc::UnboundedReceiver<Vec<u8>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let (script, mut steps) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (seen_tx, seen) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let (mut rd, mut wr) = stream.into_split();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = rd.read(&mut buf).await {
+                if n == 0 || seen_tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+            let _ = seen_tx.send(Vec::new());
+        });
+        while let Some(bytes) = steps.recv().await {
+            if bytes.is_empty() {
+                break;
+            }
+            if wr.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+    });
+    (addr, script, seen)
+}
+
+async fn connected(addr: &str) -> Conn {
+    Conn::new(TcpStream::connect(addr).await.expect("connect"))
+}
+
+async fn next_frame(body: &mut AnswerBody) -> Option<Result<Bytes, UpstreamError>> {
+    body.frame()
+        .await
+        .map(|f| f.map(|f| f.into_data().expect("data frame")))
+}
+
+#[tokio::test]
+async fn the_request_goes_out_whole_and_a_length_framed_answer_comes_back() {
+    let (addr, script, mut seen) = raw_server().await;
+    let mut conn = connected(&addr).await;
+    let req = post("{\"prompt\":\"hi\"}");
+    conn.write_request(&req).await.expect("write");
+    let mut got = seen.recv().await.expect("request bytes");
+    while !got.ends_with(b"{\"prompt\":\"hi\"}") {
+        got.extend(seen.recv().await.expect("more"));
+    }
+    assert!(got.starts_with(b"POST /v1/completions?x=1 HTTP/1.1\r\n"));
+    script
+        .send(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhel".to_vec())
+        .expect("script");
+    let resp = conn.read_answer(&Method::POST).await.expect("answer");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    assert_eq!(body.size_hint().exact(), Some(5));
+    assert_eq!(
+        next_frame(&mut body).await.expect("frame").expect("ok"),
+        "hel"
+    );
+    assert!(body.take_idle().is_none(), "not ended yet");
+    script.send(b"lo".to_vec()).expect("script");
+    assert_eq!(
+        next_frame(&mut body).await.expect("frame").expect("ok"),
+        "lo"
+    );
+    assert!(body.is_end_stream());
+    assert!(body.take_idle().is_some(), "reusable after an exact end");
+}
+
+#[tokio::test]
+async fn a_chunked_stream_passes_each_event_as_it_arrives() {
+    let (addr, script, _seen) = raw_server().await;
+    let mut conn = connected(&addr).await;
+    conn.write_request(&post("{}")).await.expect("write");
+    script
+        .send(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n".to_vec())
+        .expect("script");
+    let mut body = conn
+        .read_answer(&Method::POST)
+        .await
+        .expect("answer")
+        .into_body();
+    // The second event is written only after the first has come out of the body.
+    script
+        .send(b"9\r\ndata: 1\n\n\r\n".to_vec())
+        .expect("script");
+    assert_eq!(
+        next_frame(&mut body).await.expect("frame").expect("ok"),
+        "data: 1\n\n"
+    );
+    script
+        .send(b"9\r\ndata: 2\n\n\r\n0\r\n\r\n".to_vec())
+        .expect("script");
+    assert_eq!(
+        next_frame(&mut body).await.expect("frame").expect("ok"),
+        "data: 2\n\n"
+    );
+    assert!(next_frame(&mut body).await.is_none());
+    assert!(body.take_idle().is_some());
+}
+
+#[tokio::test]
+async fn a_connection_closed_mid_answer_is_an_error_and_not_reused() {
+    let (addr, script, _seen) = raw_server().await;
+    let mut conn = connected(&addr).await;
+    conn.write_request(&post("{}")).await.expect("write");
+    script
+        .send(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\ndata".to_vec())
+        .expect("script");
+    script.send(Vec::new()).expect("close");
+    let mut body = conn
+        .read_answer(&Method::POST)
+        .await
+        .expect("answer")
+        .into_body();
+    assert_eq!(
+        next_frame(&mut body).await.expect("frame").expect("ok"),
+        "data"
+    );
+    assert!(matches!(
+        next_frame(&mut body).await,
+        Some(Err(UpstreamError::ClosedMidAnswer))
+    ));
+    assert!(
+        next_frame(&mut body).await.is_none(),
+        "nothing after the error"
+    );
+    assert!(body.take_idle().is_none());
+}
+
+#[tokio::test]
+async fn a_close_before_any_answer_is_an_error() {
+    let (addr, script, _seen) = raw_server().await;
+    let mut conn = connected(&addr).await;
+    conn.write_request(&post("{}")).await.expect("write");
+    script.send(Vec::new()).expect("close");
+    assert!(matches!(
+        conn.read_answer(&Method::POST).await,
+        Err(UpstreamError::ClosedBeforeAnswer)
+    ));
+}
+
+#[tokio::test]
+async fn a_close_delimited_answer_ends_at_the_close_and_is_not_reused() {
+    let (addr, script, _seen) = raw_server().await;
+    let mut conn = connected(&addr).await;
+    conn.write_request(&post("{}")).await.expect("write");
+    script
+        .send(b"HTTP/1.1 200 OK\r\n\r\nall of it".to_vec())
+        .expect("script");
+    script.send(Vec::new()).expect("close");
+    let body = conn
+        .read_answer(&Method::POST)
+        .await
+        .expect("answer")
+        .into_body();
+    let mut body = body;
+    let mut data = Vec::new();
+    while let Some(frame) = next_frame(&mut body).await {
+        data.extend_from_slice(&frame.expect("ok"));
+    }
+    assert_eq!(data, b"all of it");
+    assert!(body.is_end_stream());
+    assert!(body.take_idle().is_none());
+}
+
+#[tokio::test]
+async fn bytes_past_the_answer_mean_the_connection_is_not_reused() {
+    let (addr, script, _seen) = raw_server().await;
+    let mut conn = connected(&addr).await;
+    conn.write_request(&post("{}")).await.expect("write");
+    script
+        .send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}HTTP/1.1 200 OK\r\n".to_vec())
+        .expect("script");
+    let mut body = conn
+        .read_answer(&Method::POST)
+        .await
+        .expect("answer")
+        .into_body();
+    assert_eq!(
+        next_frame(&mut body).await.expect("frame").expect("ok"),
+        "{}"
+    );
+    assert!(body.is_end_stream());
+    assert!(body.take_idle().is_none());
+}
+
+#[tokio::test]
+async fn dropping_an_unfinished_body_closes_the_connection() {
+    let (addr, script, mut seen) = raw_server().await;
+    let mut conn = connected(&addr).await;
+    conn.write_request(&post("{}")).await.expect("write");
+    script
+        .send(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec())
+        .expect("script");
+    let body = conn
+        .read_answer(&Method::POST)
+        .await
+        .expect("answer")
+        .into_body();
+    drop(body);
+    // The server reads the request, then the end of the connection: how it learns to stop.
+    while let Some(bytes) = seen.recv().await {
+        if bytes.is_empty() {
+            return;
+        }
+    }
+    panic!("the server never saw the connection end");
+}
+
+#[tokio::test]
+async fn an_idle_connection_its_server_closed_is_seen_closed() {
+    let (addr, script, _seen) = raw_server().await;
+    let mut conn = connected(&addr).await;
+    conn.write_request(&post("{}")).await.expect("write");
+    script
+        .send(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_vec())
+        .expect("script");
+    let mut body = conn
+        .read_answer(&Method::POST)
+        .await
+        .expect("answer")
+        .into_body();
+    assert!(next_frame(&mut body).await.is_none());
+    let conn = body.take_idle().expect("reusable");
+    assert!(
+        std::future::poll_fn(|cx| Poll::Ready(conn.poll_idle_open(cx))).await,
+        "open while its server keeps it"
+    );
+    script.send(Vec::new()).expect("close");
+    // The close reaches the gateway's side a moment later.
+    for _ in 0..200 {
+        if !std::future::poll_fn(|cx| Poll::Ready(conn.poll_idle_open(cx))).await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the close was never seen");
+}
