@@ -9,8 +9,8 @@
 //! it: a retry would double the GPU work), and anything after the first answer byte.
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName};
-use http::{Request, Response, Uri, Version};
+use http::Response;
+use http::header::{HeaderMap, HeaderName};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use super::error::{ErrorKind, ProxyError};
-use super::upstream::{AnswerBody, Lease, Upstreams};
+use super::upstream::{AnswerBody, Lease, Outgoing, Upstreams, is_hop_by_hop};
 use crate::pool::Endpoint;
 
 /// The scrapers' pooled client: keep-alive HTTP/1.1 to the model servers' `/metrics`. (The data
@@ -37,57 +37,6 @@ pub fn upstream_client() -> UpstreamClient {
         .pool_max_idle_per_host(1024)
         .pool_timer(hyper_util::rt::TokioTimer::new())
         .build(connector)
-}
-
-/// Headers that describe one hop, not the message (RFC 9110 7.6.1), plus those the client sets.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TRANSFER_ENCODING
-        || name == header::TE
-        || name == header::UPGRADE
-        || name == header::PROXY_AUTHORIZATION
-        || name == header::PROXY_AUTHENTICATE
-        || name == header::TRAILER
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
-}
-
-/// Makes the client's headers the upstream's, in place, once per request: hop-by-hop headers
-/// go (they describe the client's connection). `Host` is set per attempt ([`upstream_request`]).
-///
-/// When the client's message had hop-by-hop headers (`Transfer-Encoding: chunked`, above all),
-/// its Content-Length, if any, goes too. (The upstream request's Content-Length is always the
-/// body's own, written with its head: [`super::upstream::Conn::write_request`].)
-pub fn end_to_end_headers(headers: &mut HeaderMap) {
-    if remove_where(headers, is_hop_by_hop) {
-        headers.remove(header::CONTENT_LENGTH);
-    }
-}
-
-/// The upstream request: same method, path and query, `headers` as [`end_to_end_headers`] left
-/// them plus the endpoint's `Host`, and the original body bytes. The URI goes in origin form
-/// (`/v1/...?...`), as HTTP/1.1 sends it.
-///
-/// `headers` is taken, not copied: the forward phase hands over the request's own map on its
-/// last possible attempt and a clone before a retry (a clone copies two arrays; building a new
-/// map hashed every name again).
-pub fn upstream_request(
-    method: &http::Method,
-    uri: &Uri,
-    mut headers: HeaderMap,
-    endpoint: &Endpoint,
-    body: Bytes,
-) -> Request<Bytes> {
-    headers.insert(header::HOST, endpoint.host_header().clone());
-    let mut req = Request::new(body);
-    *req.method_mut() = method.clone();
-    *req.uri_mut() = match uri.path_and_query() {
-        Some(pq) => Uri::from(pq.clone()),
-        None => Uri::from_static("/"),
-    };
-    *req.version_mut() = Version::HTTP_11;
-    *req.headers_mut() = headers;
-    req
 }
 
 /// Removes the upstream's hop-by-hop headers from an answer before it is passed on.
@@ -124,7 +73,7 @@ pub enum Attempt {
 pub async fn attempt(
     upstreams: &Arc<Upstreams>,
     endpoint: &Arc<Endpoint>,
-    req: &Request<Bytes>,
+    req: &Outgoing<'_>,
     first_byte_timeout: Duration,
 ) -> Attempt {
     let answer = upstreams
@@ -208,66 +157,7 @@ impl RetryBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn upstream_request_keeps_path_query_body_and_end_to_end_headers() {
-        let mut h = HeaderMap::new();
-        h.insert(header::HOST, "gw".parse().expect("hv"));
-        h.insert(header::CONNECTION, "keep-alive".parse().expect("hv"));
-        h.insert(header::CONTENT_LENGTH, "3".parse().expect("hv"));
-        h.insert(header::AUTHORIZATION, "Bearer x".parse().expect("hv"));
-        h.insert("x-infergate-priority", "critical".parse().expect("hv"));
-        h.append("x-trace", "a".parse().expect("hv"));
-        h.append("x-trace", "b".parse().expect("hv"));
-        end_to_end_headers(&mut h);
-        let uri: Uri = "/v1/completions?a=1".parse().expect("uri");
-        let endpoint = Endpoint::new(
-            crate::picker::EndpointId(1),
-            &crate::discovery::DiscoveredEndpoint::ready("http://10.0.0.1:8000"),
-        );
-        let req = upstream_request(
-            &http::Method::POST,
-            &uri,
-            h,
-            &endpoint,
-            Bytes::from_static(b"abc"),
-        );
-        assert_eq!(req.uri(), "/v1/completions?a=1");
-        assert_eq!(req.headers()[header::HOST], "10.0.0.1:8000");
-        assert_eq!(req.headers().get_all(header::HOST).iter().count(), 1);
-        assert!(req.headers().get(header::CONNECTION).is_none());
-        assert!(
-            req.headers().get(header::CONTENT_LENGTH).is_none(),
-            "with hop-by-hop framing, hyper writes the length"
-        );
-        assert_eq!(req.headers()[header::AUTHORIZATION], "Bearer x");
-        assert_eq!(req.headers()["x-infergate-priority"], "critical");
-        let trace: Vec<_> = req.headers().get_all("x-trace").iter().collect();
-        assert_eq!(trace, ["a", "b"], "repeated headers kept, in order");
-
-        // An absolute-form URI (HTTP/2's, or a proxy-style request) goes out in origin form.
-        let abs: Uri = "http://gw:8080/v1/chat/completions".parse().expect("uri");
-        let req = upstream_request(
-            &http::Method::POST,
-            &abs,
-            HeaderMap::new(),
-            &endpoint,
-            Bytes::new(),
-        );
-        assert_eq!(req.uri(), "/v1/chat/completions");
-        assert_eq!(req.headers()[header::HOST], "10.0.0.1:8000");
-
-        // A plain request keeps its length (the body is the one hyper counted).
-        let mut plain = HeaderMap::new();
-        plain.insert(header::CONTENT_LENGTH, "3".parse().expect("hv"));
-        plain.insert(
-            header::CONTENT_TYPE,
-            "application/json".parse().expect("hv"),
-        );
-        end_to_end_headers(&mut plain);
-        assert_eq!(plain[header::CONTENT_LENGTH], "3");
-        assert_eq!(plain.len(), 2);
-    }
+    use http::header;
 
     #[test]
     fn an_answer_loses_its_hop_by_hop_headers_only() {

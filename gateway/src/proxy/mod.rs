@@ -192,11 +192,10 @@ impl Proxy {
             return Ok(Answer::Local(json_response(self.routes.models_json())));
         }
         // 2. read
-        let (mut parts, body) = req.into_parts();
+        let (parts, body) = req.into_parts();
         let body = read_body(&parts, body, self.limits.max_body_bytes).await?;
         // 3. facts
         let (target, facts) = self.facts(&parts, &body, ctx)?;
-        forward::end_to_end_headers(&mut parts.headers);
         let route = &self.pools[target];
         ctx.pool = &route.metrics;
         ctx.model.received.inc();
@@ -216,7 +215,7 @@ impl Proxy {
         route.metrics.picked(admitted.reason);
         // 5. forward
         let (resp, lease, admitted) = self
-            .forward(upstreams, route, &mut parts, body, &facts, admitted)
+            .forward(upstreams, route, &parts, &body, &facts, admitted)
             .await?;
         // 6. respond
         Ok(Answer::Upstream(respond(resp, lease, admitted, ctx).await))
@@ -269,38 +268,30 @@ impl Proxy {
         Ok((target.pool, facts))
     }
 
-    /// The forward phase, with retries on other endpoints before the first answer byte.
-    /// `parts.headers` are already end to end ([`forward::end_to_end_headers`]); the last
-    /// attempt takes them.
+    /// The forward phase, with retries on other endpoints before the first answer byte. Every
+    /// attempt sends the same borrowed request ([`upstream::Outgoing`]).
     async fn forward(
         &self,
         upstreams: &Arc<Upstreams>,
         route: &PoolRoute,
-        parts: &mut Parts,
-        body: Bytes,
+        parts: &Parts,
+        body: &Bytes,
         facts: &RequestFacts,
         mut current: Admitted,
     ) -> Result<(Response<upstream::AnswerBody>, upstream::Lease, Admitted), ProxyError> {
+        let outgoing = upstream::Outgoing {
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
+            body,
+        };
         let mut tried: Vec<EndpointId> = Vec::new();
         let mut retries = 0;
         loop {
-            // The map itself on the last attempt there can be, a copy while a retry may follow.
-            let attempt_headers = if retries < self.retry.max_retries {
-                parts.headers.clone()
-            } else {
-                std::mem::take(&mut parts.headers)
-            };
-            let req = forward::upstream_request(
-                &parts.method,
-                &parts.uri,
-                attempt_headers,
-                &current.endpoint,
-                body.clone(),
-            );
             let outcome = forward::attempt(
                 upstreams,
                 &current.endpoint,
-                &req,
+                &outgoing,
                 self.limits.first_byte_timeout,
             )
             .await;

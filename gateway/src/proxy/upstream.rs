@@ -17,8 +17,7 @@
 //! left, a timeout, an error) drops its connection, which closes it: for a model server, closing
 //! is how a generation is cancelled.
 
-use bytes::Bytes;
-use http::{Request, Response};
+use http::Response;
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::task::Poll;
@@ -30,7 +29,7 @@ mod chunked;
 mod http1;
 
 pub use answer::AnswerBody;
-pub use http1::{Conn, UpstreamError};
+pub use http1::{Conn, Outgoing, UpstreamError, is_hop_by_hop};
 
 use crate::coarse_timer::CoarseTimer;
 use crate::pool::Endpoint;
@@ -133,20 +132,21 @@ impl Upstreams {
         &self.timer
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) to `endpoint` on an idle connection, or on a
-    /// new one, and waits for the answer's head. The caller bounds the wait.
+    /// Sends `req` to `endpoint` on an idle connection, or on a new one, and waits for the
+    /// answer's head. The caller bounds the wait.
     pub async fn send(
         self: &Arc<Self>,
         endpoint: &Arc<Endpoint>,
-        req: &Request<Bytes>,
+        req: &Outgoing<'_>,
     ) -> Result<(Response<AnswerBody>, Lease), SendError> {
+        let host = endpoint.host_header();
         while let Some(mut conn) = self.take(endpoint) {
             // Closed by its server meanwhile (its idle timeout, a restart): the next one.
             if !std::future::poll_fn(|cx| Poll::Ready(conn.poll_idle_open(cx))).await {
                 continue;
             }
             // A write that fails did not deliver the request whole: safe on another.
-            if conn.write_request(req).await.is_err() {
+            if conn.write_request(req, host).await.is_err() {
                 continue;
             }
             return self.answer(conn, req, endpoint).await;
@@ -159,7 +159,7 @@ impl Upstreams {
             self.config.connect_timeout,
         ))
         .await?;
-        if let Err(source) = conn.write_request(req).await {
+        if let Err(source) = conn.write_request(req, host).await {
             return Err(SendError::Write {
                 addr: endpoint.connect_addr().to_string(),
                 source,
@@ -171,11 +171,11 @@ impl Upstreams {
     async fn answer(
         self: &Arc<Self>,
         conn: Conn,
-        req: &Request<Bytes>,
+        req: &Outgoing<'_>,
         endpoint: &Arc<Endpoint>,
     ) -> Result<(Response<AnswerBody>, Lease), SendError> {
         let resp = conn
-            .read_answer(req.method())
+            .read_answer(req.method)
             .await
             .map_err(SendError::Protocol)?;
         let lease = Lease {
@@ -278,6 +278,8 @@ mod tests {
     use super::*;
     use crate::discovery::DiscoveredEndpoint;
     use crate::picker::EndpointId;
+    use bytes::Bytes;
+    use http::Request;
     use http_body_util::{BodyExt, Full};
     use hyper::body::Incoming;
     use hyper_util::rt::TokioIo;
@@ -319,19 +321,37 @@ mod tests {
         ))
     }
 
-    fn request(ep: &Endpoint) -> Request<Bytes> {
-        let mut req = Request::get("/v1/models")
-            .body(Bytes::new())
-            .expect("request");
-        req.headers_mut()
-            .insert(http::header::HOST, ep.host_header().clone());
-        req
+    /// `GET /v1/models`, with the parts it borrows.
+    struct Get {
+        uri: http::Uri,
+        headers: http::HeaderMap,
+        body: Bytes,
+    }
+
+    impl Get {
+        fn new() -> Get {
+            Get {
+                uri: http::Uri::from_static("/v1/models"),
+                headers: http::HeaderMap::new(),
+                body: Bytes::new(),
+            }
+        }
+
+        fn outgoing(&self) -> Outgoing<'_> {
+            Outgoing {
+                method: &http::Method::GET,
+                uri: &self.uri,
+                headers: &self.headers,
+                body: &self.body,
+            }
+        }
     }
 
     /// One exchange; the body is read to its end, then the connection released (if its
     /// answer allows) or dropped.
     async fn exchange(up: &Arc<Upstreams>, ep: &Arc<Endpoint>, release: bool) {
-        let (resp, lease) = up.send(ep, &request(ep)).await.expect("send");
+        let get = Get::new();
+        let (resp, lease) = up.send(ep, &get.outgoing()).await.expect("send");
         let mut body = resp.into_body();
         let mut data = Vec::new();
         while let Some(frame) = body.frame().await {
@@ -463,7 +483,8 @@ mod tests {
             Upstreams::new(UpstreamConfig::default(), CoarseTimer::new()),
             endpoint(&format!("http://127.0.0.1:{port}")),
         );
-        let err = up.send(&ep, &request(&ep)).await.err().expect("refused");
+        let get = Get::new();
+        let err = up.send(&ep, &get.outgoing()).await.err().expect("refused");
         assert!(err.is_connect(), "{err}");
         assert!(
             err.to_string().contains(&format!("127.0.0.1:{port}")),

@@ -17,7 +17,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Response, StatusCode, Uri, Version};
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -57,6 +57,32 @@ pub enum UpstreamError {
     Chunked(#[from] ChunkError),
 }
 
+/// A request as it goes to a model server, borrowed from the client's: nothing is copied or
+/// rebuilt per attempt, and a retry sends the same borrowed parts again.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    pub method: &'a Method,
+    /// Sent in origin form (path and query), whatever form the client used.
+    pub uri: &'a Uri,
+    /// The client's headers; those that describe its hop ([`is_hop_by_hop`]), its `Host` and its
+    /// Content-Length are not sent (the endpoint's `Host` and the body's length are).
+    pub headers: &'a HeaderMap,
+    pub body: &'a Bytes,
+}
+
+/// Headers that describe one hop, not the message (RFC 9110 7.6.1), plus those the client sets.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::TE
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::TRAILER
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
 /// One connection: the socket, the bytes read from it and not yet consumed, and the buffer the
 /// next request's head is written into (kept, so that a connection's requests reuse it).
 #[derive(Debug)]
@@ -94,12 +120,16 @@ impl Conn {
         matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
-    /// Writes `req`: its head, then its body. On an error, the request did not reach the
-    /// server whole, so the server cannot have acted on it.
-    pub async fn write_request(&mut self, req: &Request<Bytes>) -> io::Result<()> {
-        encode_head(&mut self.head, req);
+    /// Writes `req` to the server whose `Host` is `host`: its head, then its body. On an
+    /// error, the request did not reach the server whole, so the server cannot have acted on it.
+    pub async fn write_request(
+        &mut self,
+        req: &Outgoing<'_>,
+        host: &HeaderValue,
+    ) -> io::Result<()> {
+        encode_head(&mut self.head, req, host);
         let mut head: &[u8] = &self.head;
-        let mut body: &[u8] = req.body();
+        let mut body: &[u8] = req.body;
         // One `writev` for both in the common case; the body is not copied.
         while !head.is_empty() || !body.is_empty() {
             let n = self
@@ -148,18 +178,20 @@ impl Conn {
     }
 }
 
-/// Writes `req`'s head into `dst` (emptied first): request line with the origin-form target,
-/// the headers as they are, and a Content-Length that is the body's (any Content-Length in the
-/// map is not copied: the framing sent always matches the bytes sent).
-pub fn encode_head(dst: &mut Vec<u8>, req: &Request<Bytes>) {
+/// Writes `req`'s head into `dst` (emptied first): the request line with the origin-form
+/// target, `host`, the client's end-to-end headers as they are, and the body's length. Any
+/// Content-Length of the client's is not copied: the framing sent always matches the bytes sent.
+pub fn encode_head(dst: &mut Vec<u8>, req: &Outgoing<'_>, host: &HeaderValue) {
     dst.clear();
-    dst.extend_from_slice(req.method().as_str().as_bytes());
+    dst.extend_from_slice(req.method.as_str().as_bytes());
     dst.push(b' ');
-    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
     dst.extend_from_slice(target.as_bytes());
-    dst.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in req.headers() {
-        if name == header::CONTENT_LENGTH {
+    dst.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    dst.extend_from_slice(host.as_bytes());
+    dst.extend_from_slice(b"\r\n");
+    for (name, value) in req.headers {
+        if name == header::HOST || name == header::CONTENT_LENGTH || is_hop_by_hop(name) {
             continue;
         }
         dst.extend_from_slice(name.as_str().as_bytes());
@@ -167,10 +199,10 @@ pub fn encode_head(dst: &mut Vec<u8>, req: &Request<Bytes>) {
         dst.extend_from_slice(value.as_bytes());
         dst.extend_from_slice(b"\r\n");
     }
-    let len = req.body().len();
+    let len = req.body.len();
     // As hyper does: no length for an empty body of a method that does not expect one.
     let bodiless = matches!(
-        *req.method(),
+        *req.method,
         Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE
     );
     if len > 0 || !bodiless {

@@ -10,42 +10,85 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-fn post(body: &'static str) -> Request<Bytes> {
-    let mut req = Request::post("/v1/completions?x=1")
-        .body(Bytes::from_static(body.as_bytes()))
-        .expect("request");
-    req.headers_mut()
-        .insert(header::HOST, HeaderValue::from_static("pod:8000"));
-    req
+/// A client's request, owning what [`Outgoing`] borrows.
+struct Client {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
 }
 
-fn head_of(req: &Request<Bytes>) -> String {
+impl Client {
+    fn outgoing(&self) -> Outgoing<'_> {
+        Outgoing {
+            method: &self.method,
+            uri: &self.uri,
+            headers: &self.headers,
+            body: &self.body,
+        }
+    }
+}
+
+fn post(body: &'static str) -> Client {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::HOST, HeaderValue::from_static("gateway:8080"));
+    Client {
+        method: Method::POST,
+        uri: Uri::from_static("/v1/completions?x=1"),
+        headers,
+        body: Bytes::from_static(body.as_bytes()),
+    }
+}
+
+const HOST: HeaderValue = HeaderValue::from_static("pod:8000");
+
+fn head_of(req: &Client) -> String {
     let mut dst = b"left over".to_vec();
-    encode_head(&mut dst, req);
+    encode_head(&mut dst, &req.outgoing(), &HOST);
     String::from_utf8(dst).expect("ascii")
 }
 
 #[test]
-fn a_request_head_has_origin_form_its_headers_and_the_body_length() {
+fn a_request_head_has_origin_form_the_pods_host_end_to_end_headers_and_the_body_length() {
     let mut req = post("{\"a\":1}");
-    req.headers_mut()
-        .append("x-tag", HeaderValue::from_static("one"));
-    req.headers_mut()
-        .append("x-tag", HeaderValue::from_static("two"));
+    let h = &mut req.headers;
+    h.insert(
+        header::CONNECTION,
+        HeaderValue::from_static("keep-alive, x-hop"),
+    );
+    h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+    h.insert(
+        header::TRANSFER_ENCODING,
+        HeaderValue::from_static("chunked"),
+    );
+    h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+    h.append("x-tag", HeaderValue::from_static("one"));
+    h.append("x-tag", HeaderValue::from_static("two"));
     // A stale length in the map is not copied: the body's own is written.
-    req.headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
     assert_eq!(
         head_of(&req),
-        "POST /v1/completions?x=1 HTTP/1.1\r\nhost: pod:8000\r\nx-tag: one\r\nx-tag: two\r\n\
-         content-length: 7\r\n\r\n"
+        "POST /v1/completions?x=1 HTTP/1.1\r\nhost: pod:8000\r\nauthorization: Bearer x\r\n\
+         x-tag: one\r\nx-tag: two\r\ncontent-length: 7\r\n\r\n",
+        "the client's Host and hop-by-hop headers stay behind; repeated headers keep their order"
     );
+    // An absolute-form target (HTTP/2's, or a proxy-style request) goes out in origin form.
+    req.uri = Uri::from_static("http://gateway:8080/v1/chat/completions");
+    assert!(head_of(&req).starts_with("POST /v1/chat/completions HTTP/1.1\r\nhost: pod:8000\r\n"));
 }
 
 #[test]
 fn a_bodiless_get_has_no_length_and_an_empty_post_has_zero() {
-    let get = Request::get("/v1/models").body(Bytes::new()).expect("get");
-    assert_eq!(head_of(&get), "GET /v1/models HTTP/1.1\r\n\r\n");
+    let get = Client {
+        method: Method::GET,
+        uri: Uri::from_static("/v1/models"),
+        headers: HeaderMap::new(),
+        body: Bytes::new(),
+    };
+    assert_eq!(
+        head_of(&get),
+        "GET /v1/models HTTP/1.1\r\nhost: pod:8000\r\n\r\n"
+    );
     assert!(head_of(&post("")).ends_with("content-length: 0\r\n\r\n"));
 }
 
@@ -231,7 +274,9 @@ async fn the_request_goes_out_whole_and_a_length_framed_answer_comes_back() {
     let (addr, script, mut seen) = raw_server().await;
     let mut conn = connected(&addr).await;
     let req = post("{\"prompt\":\"hi\"}");
-    conn.write_request(&req).await.expect("write");
+    conn.write_request(&req.outgoing(), &HOST)
+        .await
+        .expect("write");
     let mut got = seen.recv().await.expect("request bytes");
     while !got.ends_with(b"{\"prompt\":\"hi\"}") {
         got.extend(seen.recv().await.expect("more"));
@@ -262,7 +307,9 @@ async fn the_request_goes_out_whole_and_a_length_framed_answer_comes_back() {
 async fn a_chunked_stream_passes_each_event_as_it_arrives() {
     let (addr, script, _seen) = raw_server().await;
     let mut conn = connected(&addr).await;
-    conn.write_request(&post("{}")).await.expect("write");
+    conn.write_request(&post("{}").outgoing(), &HOST)
+        .await
+        .expect("write");
     script
         .send(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n".to_vec())
         .expect("script");
@@ -294,7 +341,9 @@ async fn a_chunked_stream_passes_each_event_as_it_arrives() {
 async fn a_connection_closed_mid_answer_is_an_error_and_not_reused() {
     let (addr, script, _seen) = raw_server().await;
     let mut conn = connected(&addr).await;
-    conn.write_request(&post("{}")).await.expect("write");
+    conn.write_request(&post("{}").outgoing(), &HOST)
+        .await
+        .expect("write");
     script
         .send(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\ndata".to_vec())
         .expect("script");
@@ -323,7 +372,9 @@ async fn a_connection_closed_mid_answer_is_an_error_and_not_reused() {
 async fn a_close_before_any_answer_is_an_error() {
     let (addr, script, _seen) = raw_server().await;
     let mut conn = connected(&addr).await;
-    conn.write_request(&post("{}")).await.expect("write");
+    conn.write_request(&post("{}").outgoing(), &HOST)
+        .await
+        .expect("write");
     script.send(Vec::new()).expect("close");
     assert!(matches!(
         conn.read_answer(&Method::POST).await,
@@ -335,7 +386,9 @@ async fn a_close_before_any_answer_is_an_error() {
 async fn a_close_delimited_answer_ends_at_the_close_and_is_not_reused() {
     let (addr, script, _seen) = raw_server().await;
     let mut conn = connected(&addr).await;
-    conn.write_request(&post("{}")).await.expect("write");
+    conn.write_request(&post("{}").outgoing(), &HOST)
+        .await
+        .expect("write");
     script
         .send(b"HTTP/1.1 200 OK\r\n\r\nall of it".to_vec())
         .expect("script");
@@ -359,7 +412,9 @@ async fn a_close_delimited_answer_ends_at_the_close_and_is_not_reused() {
 async fn bytes_past_the_answer_mean_the_connection_is_not_reused() {
     let (addr, script, _seen) = raw_server().await;
     let mut conn = connected(&addr).await;
-    conn.write_request(&post("{}")).await.expect("write");
+    conn.write_request(&post("{}").outgoing(), &HOST)
+        .await
+        .expect("write");
     script
         .send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}HTTP/1.1 200 OK\r\n".to_vec())
         .expect("script");
@@ -380,7 +435,9 @@ async fn bytes_past_the_answer_mean_the_connection_is_not_reused() {
 async fn dropping_an_unfinished_body_closes_the_connection() {
     let (addr, script, mut seen) = raw_server().await;
     let mut conn = connected(&addr).await;
-    conn.write_request(&post("{}")).await.expect("write");
+    conn.write_request(&post("{}").outgoing(), &HOST)
+        .await
+        .expect("write");
     script
         .send(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec())
         .expect("script");
@@ -403,7 +460,9 @@ async fn dropping_an_unfinished_body_closes_the_connection() {
 async fn an_idle_connection_its_server_closed_is_seen_closed() {
     let (addr, script, _seen) = raw_server().await;
     let mut conn = connected(&addr).await;
-    conn.write_request(&post("{}")).await.expect("write");
+    conn.write_request(&post("{}").outgoing(), &HOST)
+        .await
+        .expect("write");
     script
         .send(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_vec())
         .expect("script");
