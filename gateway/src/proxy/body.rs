@@ -324,8 +324,8 @@ impl Body for ObservedBody {
             })
             .sum();
         // An ended chunked body does not know its size is now zero: say it. Its end may also be
-        // in `ahead` already (prefetched): a chunked `Incoming` never reports its own end, and
-        // without this a whole answer read ahead would still go out chunked.
+        // in `ahead` already (prefetched; a chunked upstream body knows its end only once polled
+        // past it), and without this a whole answer read ahead would still go out chunked.
         let ended = matches!(self.ahead.back(), Some(None)) || self.inner.is_end_stream();
         let inner = if ended {
             SizeHint::with_exact(0)
