@@ -285,13 +285,18 @@ mod tests {
     use hyper_util::rt::TokioIo;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A server answering "ok"; with `close`, each answer also closes its connection.
-    async fn server(close: bool) -> (String, Arc<AtomicUsize>) {
+    /// A listener on loopback: it, its URL, and a count of the connections it accepts.
+    async fn listener() -> (tokio::net::TcpListener, String, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let accepted = Arc::new(AtomicUsize::new(0));
+        (listener, url, Arc::new(AtomicUsize::new(0)))
+    }
+
+    /// A server answering "ok"; with `close`, each answer also closes its connection.
+    async fn server(close: bool) -> (String, Arc<AtomicUsize>) {
+        let (listener, url, accepted) = listener().await;
         let count = accepted.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -444,11 +449,7 @@ mod tests {
     async fn a_connection_its_server_closed_silently_is_replaced_without_an_error() {
         // A server that answers one request per connection and closes it, without saying so
         // in the answer (as a server does when its keep-alive timeout passes).
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let accepted = Arc::new(AtomicUsize::new(0));
+        let (listener, url, accepted) = listener().await;
         let count = accepted.clone();
         tokio::spawn(async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};

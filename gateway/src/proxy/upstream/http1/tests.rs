@@ -259,8 +259,36 @@ async fn raw_server() -> (
     (addr, script, seen)
 }
 
-async fn connected(addr: &str) -> Conn {
-    Conn::new(TcpStream::connect(addr).await.expect("connect"))
+/// The gateway's side of a raw server's connection, `POST {}` written on it; the server's
+/// script (an empty message closes the connection) and what it read.
+struct Sent {
+    conn: Conn,
+    script: mpsc::UnboundedSender<Vec<u8>>,
+    seen: mpsc::UnboundedReceiver<Vec<u8>>,
+}
+
+async fn sent() -> Sent {
+    let (addr, script, seen) = raw_server().await;
+    let mut conn = Conn::new(TcpStream::connect(&addr).await.expect("connect"));
+    conn.write_request(&post("{}").outgoing(), &HOST)
+        .await
+        .expect("write");
+    Sent { conn, script, seen }
+}
+
+/// As [`sent`], the server then answering `wire`: the answer's body, the script and what the
+/// server read.
+async fn answered(
+    wire: &[u8],
+) -> (
+    AnswerBody,
+    mpsc::UnboundedSender<Vec<u8>>,
+    mpsc::UnboundedReceiver<Vec<u8>>,
+) {
+    let Sent { conn, script, seen } = sent().await;
+    script.send(wire.to_vec()).expect("script");
+    let resp = conn.read_answer(&Method::POST).await.expect("answer");
+    (resp.into_body(), script, seen)
 }
 
 async fn next_frame(body: &mut AnswerBody) -> Option<Result<Bytes, UpstreamError>> {
@@ -269,10 +297,14 @@ async fn next_frame(body: &mut AnswerBody) -> Option<Result<Bytes, UpstreamError
         .map(|f| f.map(|f| f.into_data().expect("data frame")))
 }
 
+async fn data(body: &mut AnswerBody) -> Bytes {
+    next_frame(body).await.expect("a frame").expect("data")
+}
+
 #[tokio::test]
 async fn the_request_goes_out_whole_and_a_length_framed_answer_comes_back() {
     let (addr, script, mut seen) = raw_server().await;
-    let mut conn = connected(&addr).await;
+    let mut conn = Conn::new(TcpStream::connect(&addr).await.expect("connect"));
     let req = post("{\"prompt\":\"hi\"}");
     conn.write_request(&req.outgoing(), &HOST)
         .await
@@ -281,7 +313,7 @@ async fn the_request_goes_out_whole_and_a_length_framed_answer_comes_back() {
     while !got.ends_with(b"{\"prompt\":\"hi\"}") {
         got.extend(seen.recv().await.expect("more"));
     }
-    assert!(got.starts_with(b"POST /v1/completions?x=1 HTTP/1.1\r\n"));
+    assert!(got.starts_with(b"POST /v1/completions?x=1 HTTP/1.1\r\nhost: pod:8000\r\n"));
     script
         .send(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhel".to_vec())
         .expect("script");
@@ -289,74 +321,39 @@ async fn the_request_goes_out_whole_and_a_length_framed_answer_comes_back() {
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.into_body();
     assert_eq!(body.size_hint().exact(), Some(5));
-    assert_eq!(
-        next_frame(&mut body).await.expect("frame").expect("ok"),
-        "hel"
-    );
+    assert_eq!(data(&mut body).await, "hel");
     assert!(body.take_idle().is_none(), "not ended yet");
     script.send(b"lo".to_vec()).expect("script");
-    assert_eq!(
-        next_frame(&mut body).await.expect("frame").expect("ok"),
-        "lo"
-    );
+    assert_eq!(data(&mut body).await, "lo");
     assert!(body.is_end_stream());
     assert!(body.take_idle().is_some(), "reusable after an exact end");
 }
 
 #[tokio::test]
 async fn a_chunked_stream_passes_each_event_as_it_arrives() {
-    let (addr, script, _seen) = raw_server().await;
-    let mut conn = connected(&addr).await;
-    conn.write_request(&post("{}").outgoing(), &HOST)
-        .await
-        .expect("write");
-    script
-        .send(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n".to_vec())
-        .expect("script");
-    let mut body = conn
-        .read_answer(&Method::POST)
-        .await
-        .expect("answer")
-        .into_body();
+    let (mut body, script, _seen) = answered(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+    )
+    .await;
     // The second event is written only after the first has come out of the body.
     script
         .send(b"9\r\ndata: 1\n\n\r\n".to_vec())
         .expect("script");
-    assert_eq!(
-        next_frame(&mut body).await.expect("frame").expect("ok"),
-        "data: 1\n\n"
-    );
+    assert_eq!(data(&mut body).await, "data: 1\n\n");
     script
         .send(b"9\r\ndata: 2\n\n\r\n0\r\n\r\n".to_vec())
         .expect("script");
-    assert_eq!(
-        next_frame(&mut body).await.expect("frame").expect("ok"),
-        "data: 2\n\n"
-    );
+    assert_eq!(data(&mut body).await, "data: 2\n\n");
     assert!(next_frame(&mut body).await.is_none());
     assert!(body.take_idle().is_some());
 }
 
 #[tokio::test]
 async fn a_connection_closed_mid_answer_is_an_error_and_not_reused() {
-    let (addr, script, _seen) = raw_server().await;
-    let mut conn = connected(&addr).await;
-    conn.write_request(&post("{}").outgoing(), &HOST)
-        .await
-        .expect("write");
-    script
-        .send(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\ndata".to_vec())
-        .expect("script");
+    let (mut body, script, _seen) =
+        answered(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\ndata").await;
     script.send(Vec::new()).expect("close");
-    let mut body = conn
-        .read_answer(&Method::POST)
-        .await
-        .expect("answer")
-        .into_body();
-    assert_eq!(
-        next_frame(&mut body).await.expect("frame").expect("ok"),
-        "data"
-    );
+    assert_eq!(data(&mut body).await, "data");
     assert!(matches!(
         next_frame(&mut body).await,
         Some(Err(UpstreamError::ClosedMidAnswer))
@@ -370,11 +367,7 @@ async fn a_connection_closed_mid_answer_is_an_error_and_not_reused() {
 
 #[tokio::test]
 async fn a_close_before_any_answer_is_an_error() {
-    let (addr, script, _seen) = raw_server().await;
-    let mut conn = connected(&addr).await;
-    conn.write_request(&post("{}").outgoing(), &HOST)
-        .await
-        .expect("write");
+    let Sent { conn, script, .. } = sent().await;
     script.send(Vec::new()).expect("close");
     assert!(matches!(
         conn.read_answer(&Method::POST).await,
@@ -384,68 +377,30 @@ async fn a_close_before_any_answer_is_an_error() {
 
 #[tokio::test]
 async fn a_close_delimited_answer_ends_at_the_close_and_is_not_reused() {
-    let (addr, script, _seen) = raw_server().await;
-    let mut conn = connected(&addr).await;
-    conn.write_request(&post("{}").outgoing(), &HOST)
-        .await
-        .expect("write");
-    script
-        .send(b"HTTP/1.1 200 OK\r\n\r\nall of it".to_vec())
-        .expect("script");
+    let (mut body, script, _seen) = answered(b"HTTP/1.1 200 OK\r\n\r\nall of it").await;
     script.send(Vec::new()).expect("close");
-    let body = conn
-        .read_answer(&Method::POST)
-        .await
-        .expect("answer")
-        .into_body();
-    let mut body = body;
-    let mut data = Vec::new();
+    let mut all = Vec::new();
     while let Some(frame) = next_frame(&mut body).await {
-        data.extend_from_slice(&frame.expect("ok"));
+        all.extend_from_slice(&frame.expect("ok"));
     }
-    assert_eq!(data, b"all of it");
+    assert_eq!(all, b"all of it");
     assert!(body.is_end_stream());
     assert!(body.take_idle().is_none());
 }
 
 #[tokio::test]
 async fn bytes_past_the_answer_mean_the_connection_is_not_reused() {
-    let (addr, script, _seen) = raw_server().await;
-    let mut conn = connected(&addr).await;
-    conn.write_request(&post("{}").outgoing(), &HOST)
-        .await
-        .expect("write");
-    script
-        .send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}HTTP/1.1 200 OK\r\n".to_vec())
-        .expect("script");
-    let mut body = conn
-        .read_answer(&Method::POST)
-        .await
-        .expect("answer")
-        .into_body();
-    assert_eq!(
-        next_frame(&mut body).await.expect("frame").expect("ok"),
-        "{}"
-    );
+    let (mut body, _script, _seen) =
+        answered(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}HTTP/1.1 200 OK\r\n").await;
+    assert_eq!(data(&mut body).await, "{}");
     assert!(body.is_end_stream());
     assert!(body.take_idle().is_none());
 }
 
 #[tokio::test]
 async fn dropping_an_unfinished_body_closes_the_connection() {
-    let (addr, script, mut seen) = raw_server().await;
-    let mut conn = connected(&addr).await;
-    conn.write_request(&post("{}").outgoing(), &HOST)
-        .await
-        .expect("write");
-    script
-        .send(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec())
-        .expect("script");
-    let body = conn
-        .read_answer(&Method::POST)
-        .await
-        .expect("answer")
-        .into_body();
+    let (body, _script, mut seen) =
+        answered(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").await;
     drop(body);
     // The server reads the request, then the end of the connection: how it learns to stop.
     while let Some(bytes) = seen.recv().await {
@@ -458,29 +413,15 @@ async fn dropping_an_unfinished_body_closes_the_connection() {
 
 #[tokio::test]
 async fn an_idle_connection_its_server_closed_is_seen_closed() {
-    let (addr, script, _seen) = raw_server().await;
-    let mut conn = connected(&addr).await;
-    conn.write_request(&post("{}").outgoing(), &HOST)
-        .await
-        .expect("write");
-    script
-        .send(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_vec())
-        .expect("script");
-    let mut body = conn
-        .read_answer(&Method::POST)
-        .await
-        .expect("answer")
-        .into_body();
+    let (mut body, script, _seen) = answered(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
     assert!(next_frame(&mut body).await.is_none());
     let conn = body.take_idle().expect("reusable");
-    assert!(
-        std::future::poll_fn(|cx| Poll::Ready(conn.poll_idle_open(cx))).await,
-        "open while its server keeps it"
-    );
+    let open = || std::future::poll_fn(|cx| Poll::Ready(conn.poll_idle_open(cx)));
+    assert!(open().await, "open while its server keeps it");
     script.send(Vec::new()).expect("close");
     // The close reaches the gateway's side a moment later.
     for _ in 0..200 {
-        if !std::future::poll_fn(|cx| Poll::Ready(conn.poll_idle_open(cx))).await {
+        if !open().await {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
