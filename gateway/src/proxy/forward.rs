@@ -10,7 +10,6 @@
 
 use bytes::Bytes;
 use http::Response;
-use http::header::{HeaderMap, HeaderName};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -19,7 +18,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use super::error::{ErrorKind, ProxyError};
-use super::upstream::{AnswerBody, Lease, Outgoing, Upstreams, is_hop_by_hop};
+use super::upstream::{AnswerBody, Lease, Outgoing, Upstreams};
 use crate::pool::Endpoint;
 
 /// The scrapers' pooled client: keep-alive HTTP/1.1 to the model servers' `/metrics`. (The data
@@ -37,25 +36,6 @@ pub fn upstream_client() -> UpstreamClient {
         .pool_max_idle_per_host(1024)
         .pool_timer(hyper_util::rt::TokioTimer::new())
         .build(connector)
-}
-
-/// Removes the upstream's hop-by-hop headers from an answer before it is passed on.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    remove_where(headers, is_hop_by_hop);
-}
-
-/// Removes every header whose name matches: found in one pass over the few names, then removed
-/// (each removal is a hash lookup; testing nine names by lookup on every message was, before).
-/// Whether any was.
-fn remove_where(headers: &mut HeaderMap, matches: impl Fn(&HeaderName) -> bool) -> bool {
-    if !headers.keys().any(&matches) {
-        return false;
-    }
-    let found: Vec<HeaderName> = headers.keys().filter(|n| matches(n)).cloned().collect();
-    for name in found {
-        headers.remove(name);
-    }
-    true
 }
 
 /// What one attempt came to.
@@ -157,32 +137,6 @@ impl RetryBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::header;
-
-    #[test]
-    fn an_answer_loses_its_hop_by_hop_headers_only() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONTENT_TYPE,
-            "text/event-stream".parse().expect("hv"),
-        );
-        h.insert(header::TRANSFER_ENCODING, "chunked".parse().expect("hv"));
-        h.insert(header::CONNECTION, "keep-alive".parse().expect("hv"));
-        h.insert("keep-alive", "timeout=5".parse().expect("hv"));
-        h.insert("x-request-id", "r1".parse().expect("hv"));
-        strip_hop_by_hop(&mut h);
-        let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
-        names.sort_unstable();
-        assert_eq!(names, ["content-type", "x-request-id"]);
-
-        let mut plain = HeaderMap::new();
-        plain.insert(header::CONTENT_LENGTH, "2".parse().expect("hv"));
-        plain.append("set-cookie", "a=1".parse().expect("hv"));
-        plain.append("set-cookie", "b=2".parse().expect("hv"));
-        let before = plain.clone();
-        strip_hop_by_hop(&mut plain);
-        assert_eq!(plain, before, "nothing to strip: untouched");
-    }
 
     #[test]
     fn retry_budget_has_a_reserve_then_earns_a_share() {

@@ -479,8 +479,8 @@ async fn respond(
     admitted: Admitted,
     ctx: &mut RequestCtx<'_>,
 ) -> Response<GatewayBody> {
+    // Its hop-by-hop headers were left out when its head was read (`upstream::http1`).
     let (mut parts, incoming) = resp.into_parts();
-    forward::strip_hop_by_hop(&mut parts.headers);
     if let Some(v) = admitted.endpoint.label_header() {
         parts.headers.insert(ENDPOINT_HEADER, v.clone());
     }

@@ -231,6 +231,8 @@ fn itoa(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
 pub struct Head {
     pub status: StatusCode,
     pub version: Version,
+    /// The end-to-end headers, as passed on to the client: the hop-by-hop ones
+    /// ([`is_hop_by_hop`]) decide the framing and the reuse and are not kept.
     pub headers: HeaderMap,
     pub framing: Framing,
     /// Whether the connection may carry another request once the body has ended.
@@ -324,6 +326,10 @@ fn build_head(
                 close |= token.eq_ignore_ascii_case(b"close");
                 keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
             }
+        }
+        // Read for the framing and the reuse above; they describe this hop, not the answer.
+        if is_hop_by_hop(&name) {
+            continue;
         }
         let value = HeaderValue::from_maybe_shared(head.slice(slice(span.value)))
             .map_err(|_| UpstreamError::Invalid("header value"))?;

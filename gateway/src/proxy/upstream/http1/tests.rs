@@ -124,6 +124,24 @@ fn a_length_framed_answer_keeps_its_connection_and_leaves_its_body() {
 }
 
 #[test]
+fn an_answer_keeps_its_end_to_end_headers_only() {
+    let (head, _) = complete(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\
+         connection: keep-alive\r\nkeep-alive: timeout=5\r\nset-cookie: a=1\r\n\
+         x-request-id: r1\r\nset-cookie: b=2\r\n\r\n",
+    );
+    let mut names: Vec<&str> = head.headers.keys().map(HeaderName::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["content-type", "set-cookie", "x-request-id"]);
+    let cookies: Vec<_> = head.headers.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"], "repeated headers kept, in order");
+    assert!(
+        matches!(head.framing, Framing::Chunked(_)) && head.keep_alive,
+        "the hop-by-hop headers still decided the framing and the reuse"
+    );
+}
+
+#[test]
 fn an_unfinished_head_is_not_an_answer_yet() {
     assert!(
         parse("HTTP/1.1 200 OK\r\ncontent-le", false)
