@@ -207,23 +207,10 @@ pub fn encode_head(dst: &mut Vec<u8>, req: &Outgoing<'_>, host: &HeaderValue) {
     );
     if len > 0 || !bodiless {
         dst.extend_from_slice(b"content-length: ");
-        dst.extend_from_slice(itoa(len, &mut [0u8; 20]));
+        dst.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
         dst.extend_from_slice(b"\r\n");
     }
     dst.extend_from_slice(b"\r\n");
-}
-
-/// `n` in decimal, in `buf`.
-fn itoa(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[at..];
-        }
-    }
 }
 
 /// An answer's head, and how its body is framed.

@@ -92,13 +92,6 @@ fn a_bodiless_get_has_no_length_and_an_empty_post_has_zero() {
     assert!(head_of(&post("")).ends_with("content-length: 0\r\n\r\n"));
 }
 
-#[test]
-fn itoa_writes_decimal() {
-    for n in [0, 7, 10, 1024, usize::MAX] {
-        assert_eq!(itoa(n, &mut [0; 20]), n.to_string().as_bytes());
-    }
-}
-
 /// Parses `wire` whole; the head and what is left in the buffer.
 fn parse(wire: &str, head_request: bool) -> Result<Option<(Head, String)>, UpstreamError> {
     let mut buf = BytesMut::from(wire.as_bytes());
