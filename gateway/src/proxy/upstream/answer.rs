@@ -14,12 +14,13 @@ use std::task::{Context, Poll, ready};
 use super::chunked::{ChunkedDecoder, Step};
 use super::http1::{Conn, UpstreamError};
 
-/// How the body's end is known (RFC 9112 6.3).
+/// How the body's end is known (RFC 9112 6.3), and whether it has been reached.
 #[derive(Debug)]
 pub enum Framing {
-    /// No body (a HEAD request's answer, 204, 304).
-    Empty,
-    /// Content-Length: this many bytes left.
+    /// Nothing left to read: the answer has no body (a HEAD request's, 204, 304, a zero
+    /// Content-Length), or its end has been read.
+    Ended,
+    /// Content-Length: this many bytes left, at least one.
     Length(u64),
     /// Transfer-Encoding: chunked.
     Chunked(ChunkedDecoder),
@@ -35,9 +36,6 @@ pub struct AnswerBody {
     framing: Framing,
     /// Whether the answer allows another request on the connection after it.
     keep_alive: bool,
-    /// The end was read (for [`Framing::Chunked`] and [`Framing::Close`], whose end is an
-    /// event; the others know it from their counts).
-    ended: bool,
 }
 
 impl AnswerBody {
@@ -46,7 +44,6 @@ impl AnswerBody {
             conn: Some(conn),
             framing,
             keep_alive,
-            ended: false,
         }
     }
 
@@ -76,19 +73,19 @@ impl Body for AnswerBody {
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = self.get_mut();
         loop {
-            if this.ended {
-                return Poll::Ready(None);
-            }
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
             // What the bytes already read give, if anything.
             match &mut this.framing {
-                Framing::Empty | Framing::Length(0) => return Poll::Ready(None),
+                Framing::Ended => return Poll::Ready(None),
                 Framing::Length(left) => {
                     if !conn.read.is_empty() {
                         let n = (conn.read.len() as u64).min(*left);
                         *left -= n;
+                        if *left == 0 {
+                            this.framing = Framing::Ended;
+                        }
                         let data = conn.read.split_to(n as usize).freeze();
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
@@ -96,7 +93,7 @@ impl Body for AnswerBody {
                 Framing::Chunked(decoder) => match decoder.decode(&mut conn.read) {
                     Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                     Ok(Step::End) => {
-                        this.ended = true;
+                        this.framing = Framing::Ended;
                         return Poll::Ready(None);
                     }
                     Ok(Step::NeedMore) => {}
@@ -111,7 +108,7 @@ impl Body for AnswerBody {
             }
             match ready!(conn.poll_fill(cx)) {
                 Ok(0) if matches!(this.framing, Framing::Close) => {
-                    this.ended = true;
+                    this.framing = Framing::Ended;
                     return Poll::Ready(None);
                 }
                 Ok(0) => return this.fail(UpstreamError::ClosedMidAnswer),
@@ -122,15 +119,14 @@ impl Body for AnswerBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended || matches!(self.framing, Framing::Empty | Framing::Length(0))
+        matches!(self.framing, Framing::Ended)
     }
 
     fn size_hint(&self) -> SizeHint {
         match self.framing {
-            Framing::Empty => SizeHint::with_exact(0),
+            Framing::Ended => SizeHint::with_exact(0),
             Framing::Length(left) => SizeHint::with_exact(left),
-            _ if self.ended => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
+            Framing::Chunked(_) | Framing::Close => SizeHint::default(),
         }
     }
 }

@@ -325,7 +325,7 @@ fn build_head(
     let bodiless =
         head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let framing = match (bodiless, chunked, length) {
-        (true, _, _) => Framing::Empty,
+        (true, _, _) | (false, None, Some(0)) => Framing::Ended,
         (false, Some(true), _) => Framing::Chunked(ChunkedDecoder::new()),
         // Another coding than chunked last: only the close can end it.
         (false, Some(false), _) => Framing::Close,

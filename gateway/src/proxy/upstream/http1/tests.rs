@@ -188,9 +188,11 @@ fn framing_follows_rfc_9112() {
     let unframed = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n";
     assert!(matches!(framing(unframed, false), (Framing::Close, false)));
     let no_content = "HTTP/1.1 204 No Content\r\ncontent-length: 3\r\n\r\n";
-    assert!(matches!(framing(no_content, false), (Framing::Empty, true)));
+    assert!(matches!(framing(no_content, false), (Framing::Ended, true)));
+    let zero = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+    assert!(matches!(framing(zero, false), (Framing::Ended, true)));
     let head = "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n";
-    assert!(matches!(framing(head, true), (Framing::Empty, true)));
+    assert!(matches!(framing(head, true), (Framing::Ended, true)));
     let same_twice = "HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\ncontent-length: 3\r\n\r\n";
     assert!(matches!(
         framing(same_twice, false),
