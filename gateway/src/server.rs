@@ -41,7 +41,8 @@ use crate::discovery::kubernetes::SliceDiscovery;
 use crate::discovery::{EndpointSet, static_endpoints};
 use crate::flow::FlowControl;
 use crate::pool::Pool;
-use crate::proxy::{PoolCapacity, PoolRoute, Proxy, Upstreams, upstream_client};
+use crate::proxy::{PoolCapacity, PoolRoute, Proxy, Upstreams};
+use crate::scrape::scrape_client;
 use crate::telemetry::{Metrics, PoolsCollector};
 
 /// What the gateway is started with.
@@ -118,7 +119,7 @@ impl Gateway {
         } = opts;
         let g = &config.gateway;
         let background = CancellationToken::new();
-        let client = upstream_client();
+        let client = scrape_client();
         let mut metrics = Metrics::new();
 
         // Discovery sources first: a pool that cannot find its endpoints fails the start.

@@ -8,11 +8,7 @@
 //! Not retried: a timeout or a reset after the request was sent (the endpoint may be working on
 //! it: a retry would double the GPU work), and anything after the first answer byte.
 
-use bytes::Bytes;
 use http::Response;
-use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -20,23 +16,6 @@ use std::time::Duration;
 use super::error::{ErrorKind, ProxyError};
 use super::upstream::{AnswerBody, Lease, Outgoing, Upstreams};
 use crate::pool::Endpoint;
-
-/// The scrapers' pooled client: keep-alive HTTP/1.1 to the model servers' `/metrics`. (The data
-/// path has its own per-worker connections, [`Upstreams`].)
-pub type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
-
-/// A client tuned for many long-lived keep-alive connections to a few endpoints.
-pub fn upstream_client() -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    connector.set_keepalive(Some(Duration::from_secs(60)));
-    Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .build(connector)
-}
 
 /// What one attempt came to.
 pub enum Attempt {

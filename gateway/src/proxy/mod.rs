@@ -41,7 +41,6 @@ use crate::telemetry::{Metrics, ModelMetrics, PoolMetrics};
 
 pub use body::GatewayBody;
 pub use error::{ErrorKind, ErrorSource, ProxyError};
-pub use forward::{UpstreamClient, upstream_client};
 pub use route::{Api, Routes, Target};
 pub use upstream::Upstreams;
 

@@ -10,4 +10,4 @@ pub mod parse;
 pub mod scraper;
 
 pub use flavor::{ExtractError, LoraInfo, PrefixCacheStats, ScrapedLoad, extract};
-pub use scraper::spawn_scraper;
+pub use scraper::{ScrapeClient, scrape_client, spawn_scraper};

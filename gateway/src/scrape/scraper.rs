@@ -27,6 +27,24 @@ use super::{ExtractError, extract};
 use crate::picker::EndpointId;
 use crate::pool::{Endpoint, Pool};
 
+/// The scrapers' pooled client: keep-alive HTTP/1.1 to the model servers' `/metrics`, shared by
+/// every pool's scrapers. (The data path has its own per-worker connections,
+/// `proxy::upstream::Upstreams`.)
+pub type ScrapeClient = Client<HttpConnector, http_body_util::Full<Bytes>>;
+
+/// A client tuned for many long-lived keep-alive connections to a few endpoints.
+pub fn scrape_client() -> ScrapeClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .build(connector)
+}
+
 /// Largest `/metrics` page read; a real vLLM page is well under 1 MiB.
 const MAX_PAGE_BYTES: usize = 8 << 20;
 
