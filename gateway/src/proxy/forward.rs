@@ -6,7 +6,9 @@
 //! attempts and within a retry budget (each request earns `retry.budget_ratio` of a retry; a
 //! retry spends one), so that during an outage retries add at most that share to the load.
 //! Not retried: a timeout or a reset after the request was sent (the endpoint may be working on
-//! it: a retry would double the GPU work), and anything after the first answer byte.
+//! it: a retry would double the GPU work), and anything after the first answer byte. (A reused
+//! connection that its server closed with no byte of answer, the keep-alive race, is not a
+//! failure here: [`Upstreams::send`] sends the request again on another connection.)
 
 use http::Response;
 use std::sync::Arc;

@@ -149,7 +149,20 @@ impl Upstreams {
             if conn.write_request(req, host).await.is_err() {
                 continue;
             }
-            return self.answer(conn, req, endpoint).await;
+            match self.answer(conn, req, endpoint).await {
+                // Closed without a byte of answer: its server's keep-alive timeout passed as
+                // the request arrived (the check above cannot see a close that is still on its
+                // way). The request goes again on another connection: this one's server read
+                // nothing, or it died, in which case the new connection is refused and the
+                // forward phase sends the request elsewhere. A new connection that closes this
+                // way is an error (below): a server that closes every request unanswered is not
+                // tried again and again.
+                Err(SendError::Protocol(e)) if e.is_unanswered() => {
+                    tracing::debug!(endpoint = %endpoint.url(), "reused connection closed unanswered");
+                    continue;
+                }
+                answered => return answered,
+            }
         }
         // Boxed: a new connection is the rare case, and its future (name resolution, connect,
         // their timeout) would otherwise be carried inline in every request's future, which is
@@ -472,6 +485,70 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    /// A raw server that answers the first `answered` requests of each connection with "ok"
+    /// (keep-alive), then reads the next one and closes without a byte of answer.
+    async fn closing_server(answered: usize) -> (String, Arc<AtomicUsize>) {
+        let (listener, url, accepted) = listener().await;
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    for _ in 0..answered {
+                        let _ = stream.read(&mut buf).await;
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await;
+                    }
+                    // The request is read whole before the close: a FIN, not a reset.
+                    let _ = stream.read(&mut buf).await;
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_reused_connection_closed_unanswered_is_replaced_without_an_error() {
+        let (url, accepted) = closing_server(1).await;
+        let (up, ep) = (
+            Upstreams::new(UpstreamConfig::default(), CoarseTimer::new()),
+            endpoint(&url),
+        );
+        exchange(&up, &ep, true).await;
+        assert_eq!(up.idle_count(), 1);
+        // The idle connection looks open; its server closes it on the next request.
+        exchange(&up, &ep, true).await;
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "sent again on a new one"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_closed_unanswered_is_an_error_not_a_loop() {
+        let (url, accepted) = closing_server(0).await;
+        let (up, ep) = (
+            Upstreams::new(UpstreamConfig::default(), CoarseTimer::new()),
+            endpoint(&url),
+        );
+        let get = Get::new();
+        let err = up
+            .send(&ep, &get.outgoing())
+            .await
+            .err()
+            .expect("unanswered");
+        assert!(
+            matches!(&err, SendError::Protocol(e) if e.is_unanswered()),
+            "{err}"
+        );
+        assert!(!err.is_connect(), "the request may have been read");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

@@ -43,6 +43,8 @@ const READ_SIZE: usize = 16 * 1024;
 pub enum UpstreamError {
     #[error("{0}")]
     Io(#[from] io::Error),
+    /// Closed (a FIN or a reset) before any byte of an answer: on a reused connection, the
+    /// server's keep-alive timeout passed as the request arrived ([`Self::is_unanswered`]).
     #[error("the connection closed before an answer")]
     ClosedBeforeAnswer,
     #[error("the connection closed mid-answer")]
@@ -55,6 +57,15 @@ pub enum UpstreamError {
     Invalid(&'static str),
     #[error("malformed chunked body: {0}")]
     Chunked(#[from] ChunkError),
+}
+
+impl UpstreamError {
+    /// Whether the server closed the connection without answering at all. On a connection that
+    /// had carried an answer before, that is the keep-alive race: the server's idle timeout
+    /// passed just as the request arrived, and it closed without reading it.
+    pub fn is_unanswered(&self) -> bool {
+        matches!(self, UpstreamError::ClosedBeforeAnswer)
+    }
 }
 
 /// A request as it goes to a model server, borrowed from the client's: nothing is copied or
@@ -163,8 +174,15 @@ impl Conn {
                 *resp.headers_mut() = head.headers;
                 return Ok(resp);
             }
-            if std::future::poll_fn(|cx| self.poll_fill(cx)).await? == 0 {
-                return Err(UpstreamError::ClosedBeforeAnswer);
+            let unanswered = self.read.is_empty();
+            match std::future::poll_fn(|cx| self.poll_fill(cx)).await {
+                Ok(0) if unanswered => return Err(UpstreamError::ClosedBeforeAnswer),
+                Err(e) if unanswered && e.kind() == io::ErrorKind::ConnectionReset => {
+                    return Err(UpstreamError::ClosedBeforeAnswer);
+                }
+                Ok(0) => return Err(UpstreamError::ClosedMidAnswer),
+                Ok(_) => {}
+                Err(e) => return Err(e.into()),
             }
         }
     }

@@ -382,10 +382,24 @@ async fn a_connection_closed_mid_answer_is_an_error_and_not_reused() {
 async fn a_close_before_any_answer_is_an_error() {
     let Sent { conn, script, .. } = sent().await;
     script.send(Vec::new()).expect("close");
-    assert!(matches!(
-        conn.read_answer(&Method::POST).await,
-        Err(UpstreamError::ClosedBeforeAnswer)
-    ));
+    let err = conn.read_answer(&Method::POST).await.expect_err("closed");
+    assert!(matches!(err, UpstreamError::ClosedBeforeAnswer), "{err}");
+    assert!(err.is_unanswered());
+}
+
+#[tokio::test]
+async fn a_close_after_part_of_a_head_is_mid_answer_not_unanswered() {
+    let Sent { conn, script, .. } = sent().await;
+    script
+        .send(b"HTTP/1.1 200 OK\r\ncontent-le".to_vec())
+        .expect("part of a head");
+    script.send(Vec::new()).expect("close");
+    let err = conn.read_answer(&Method::POST).await.expect_err("cut");
+    assert!(matches!(err, UpstreamError::ClosedMidAnswer), "{err}");
+    assert!(
+        !err.is_unanswered(),
+        "the server began to answer: not sent again"
+    );
 }
 
 #[tokio::test]
