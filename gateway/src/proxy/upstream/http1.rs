@@ -304,7 +304,9 @@ fn build_head(
     head_request: bool,
 ) -> Result<Head, UpstreamError> {
     let slice = |(a, b): (u32, u32)| a as usize..b as usize;
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // One more than the head has: the gateway adds its `x-infergate-endpoint`, and an insert
+    // into a map at its capacity grows it (a new table, every entry hashed again).
+    let mut headers = HeaderMap::with_capacity(spans.len() + 1);
     let mut length: Option<u64> = None;
     let mut chunked: Option<bool> = None;
     let (mut close, mut keep_alive_token) = (false, false);
