@@ -14,6 +14,7 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod chunked;
 pub mod coarse_timer;
 pub mod discovery;
 pub mod flow;

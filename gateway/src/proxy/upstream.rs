@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 mod answer;
-mod chunked;
 mod http1;
 
 pub use answer::AnswerBody;

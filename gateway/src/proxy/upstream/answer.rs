@@ -11,8 +11,8 @@ use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use super::chunked::{ChunkedDecoder, Step};
 use super::http1::{Conn, UpstreamError};
+use crate::chunked::{ChunkedDecoder, Step};
 
 /// How the body's end is known (RFC 9112 6.3), and whether it has been reached.
 #[derive(Debug)]

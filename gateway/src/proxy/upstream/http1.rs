@@ -26,7 +26,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::answer::{AnswerBody, Framing};
-use super::chunked::{ChunkError, ChunkedDecoder};
+use crate::chunked::{ChunkError, ChunkedDecoder};
 
 /// Most header lines in an answer's head (hyper's default too).
 const MAX_HEADERS: usize = 100;

@@ -1,5 +1,6 @@
-//! The chunked transfer coding of an upstream answer (RFC 9112 7.1), decoded from the bytes read
-//! so far: pure and synchronous, so that any split of the stream into reads can be tested.
+//! The chunked transfer coding (RFC 9112 7.1), decoded from the bytes read so far: pure and
+//! synchronous, so that any split of the stream into reads can be tested. Both sides use it: an
+//! upstream's answer (`proxy::upstream`) and a client's request body (`server::http1`).
 //!
 //! Each chunk's data is handed on as it is, one frame per chunk (or per part of a chunk that has
 //! arrived): a model server writes one SSE event per chunk, and the client must get each event
