@@ -27,6 +27,10 @@ pub enum ErrorKind {
     BodyTooLarge,
     /// The client's body could not be read (disconnect, bad framing).
     BodyRead,
+    /// The request head is not HTTP/1.x, or its body's length is ambiguous.
+    MalformedRequest,
+    /// The request head is over its size or header-count bound.
+    HeadTooLarge,
     /// Flow control refused a sheddable request (queue full or its wait ran out).
     Shed,
     /// Flow control refused or timed out a non-sheddable request; or the gateway is draining.
@@ -75,7 +79,9 @@ impl ProxyError {
         use ErrorKind::*;
         let (source_side, retryable) = match kind {
             InvalidJson | MissingField | InvalidHeader | RouteNotFound | ModelNotFound
-            | MethodNotAllowed | BodyTooLarge | BodyRead => (ErrorSource::Downstream, false),
+            | MethodNotAllowed | BodyTooLarge | BodyRead | MalformedRequest | HeadTooLarge => {
+                (ErrorSource::Downstream, false)
+            }
             Shed | Overloaded | Internal => (ErrorSource::Internal, false),
             UpstreamConnect => (ErrorSource::Upstream, true),
             UpstreamProtocol | UpstreamTimeout => (ErrorSource::Upstream, false),
@@ -110,7 +116,10 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         use ErrorKind::*;
         match self.kind {
-            InvalidJson | MissingField | InvalidHeader | BodyRead => StatusCode::BAD_REQUEST,
+            InvalidJson | MissingField | InvalidHeader | BodyRead | MalformedRequest => {
+                StatusCode::BAD_REQUEST
+            }
+            HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             RouteNotFound | ModelNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -127,7 +136,9 @@ impl ProxyError {
         use ErrorKind::*;
         match self.kind {
             InvalidJson | MissingField | InvalidHeader | BodyRead | RouteNotFound
-            | ModelNotFound | MethodNotAllowed | BodyTooLarge => "invalid_request_error",
+            | ModelNotFound | MethodNotAllowed | BodyTooLarge | MalformedRequest | HeadTooLarge => {
+                "invalid_request_error"
+            }
             Shed => "rate_limit_error",
             Overloaded | UpstreamConnect | UpstreamProtocol | UpstreamTimeout | Internal => {
                 "server_error"
@@ -147,6 +158,8 @@ impl ProxyError {
             MethodNotAllowed => "method_not_allowed",
             BodyTooLarge => "request_too_large",
             BodyRead => "body_read_error",
+            MalformedRequest => "malformed_request",
+            HeadTooLarge => "request_header_too_large",
             Shed => "rate_limit_exceeded",
             Overloaded => "overloaded",
             UpstreamConnect => "upstream_unavailable",

@@ -27,9 +27,7 @@ pub mod usage;
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
-use http_body::Body as _;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use infergate_config::{Config, LimitsConfig, PrefixConfig, RetryConfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -147,11 +145,15 @@ impl Proxy {
     /// Serves one request to its one answer, upstream through `upstreams`. A data-plane worker
     /// passes its own, so the request's upstream connection is driven by the same thread as its
     /// client connection (no cross-thread wake-ups per body chunk).
-    pub async fn handle(
+    pub async fn handle<B>(
         &self,
         upstreams: &Arc<Upstreams>,
-        req: Request<Incoming>,
-    ) -> Response<GatewayBody> {
+        req: Request<B>,
+    ) -> Response<GatewayBody>
+    where
+        B: http_body::Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
         let mut ctx = RequestCtx {
             started: Instant::now(),
             model: &self.unrouted,
@@ -179,12 +181,16 @@ impl Proxy {
         }
     }
 
-    async fn serve<'a>(
+    async fn serve<'a, B>(
         &'a self,
         upstreams: &Arc<Upstreams>,
-        req: Request<Incoming>,
+        req: Request<B>,
         ctx: &mut RequestCtx<'a>,
-    ) -> Result<Answer, ProxyError> {
+    ) -> Result<Answer, ProxyError>
+    where
+        B: http_body::Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
         // 1. route
         let api = Api::route(req.method(), req.uri().path())?;
         if api == Api::Models {
@@ -395,7 +401,11 @@ impl Drop for RequestCtx<'_> {
 /// The read phase: the whole body, bounded. Most bodies arrive as one frame (hyper hands over
 /// what one read brought): that frame's bytes are the body, no copy and no list of frames;
 /// more frames are joined.
-async fn read_body(parts: &Parts, mut body: Incoming, max: usize) -> Result<Bytes, ProxyError> {
+async fn read_body<B>(parts: &Parts, mut body: B, max: usize) -> Result<Bytes, ProxyError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let too_large = || {
         ProxyError::new(
             ErrorKind::BodyTooLarge,
