@@ -19,7 +19,6 @@
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use infergate_config::{Config, Discovery};
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -33,6 +32,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 mod drain;
+mod http1;
 
 use crate::admin::{self, AdminState};
 use crate::coarse_timer::CoarseTimer;
@@ -429,20 +429,21 @@ async fn serve_data(listener: TcpListener, shared: DataShared) {
     // table and one ticker per worker, instead of tokio's timer wheel twice per request.
     let timer = CoarseTimer::new();
     let ticker = tokio::spawn(timer.clone().tick());
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(timer.clone())
-        .header_read_timeout(limits.header_read_timeout);
-    // HTTP/2's timer only paces keep-alive pings: per connection, not per request.
-    builder.http2().timer(TokioTimer::new());
+    // HTTP/1.x is served by the gateway's own loop (`http1`); HTTP/2 by hyper, whose timer only
+    // paces keep-alive pings (per connection, not per request).
+    let h1_limits = http1::Limits {
+        max_body: limits.max_body_bytes,
+        header_read: limits.header_read_timeout,
+    };
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new());
     let graceful = drain::Drain::new();
     // The connections' tasks: the drain's hard stop aborts what is left of them. (A per-task
     // select on a cancellation token polled the token's lock on every wake-up of every
     // connection, that is on every request and every streamed chunk.)
     let mut connections = tokio::task::JoinSet::new();
     // The worker's own upstream connections, driven by this thread.
-    let upstreams = Upstreams::new(upstream, timer);
+    let upstreams = Upstreams::new(upstream, timer.clone());
     let sweeper = tokio::spawn(upstreams.clone().sweep_periodically());
     let worker = Arc::new(Worker { proxy, upstreams });
     loop {
@@ -466,20 +467,39 @@ async fn serve_data(listener: TcpListener, shared: DataShared) {
             _ = drain.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let worker = worker.clone();
-        let service = service_fn(move |req| {
-            let worker = worker.clone();
-            async move { Ok::<_, Infallible>(worker.proxy.handle(&worker.upstreams, req).await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let (worker, graceful, timer, h2) =
+            (worker.clone(), graceful.clone(), timer.clone(), h2.clone());
         // Forget the connections that have ended, so the set holds only live ones.
         while connections.try_join_next().is_some() {}
         connections.spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "client connection ended with an error");
+            let protocol = timer
+                .timeout(h1_limits.header_read, sniff(&stream))
+                .await
+                .unwrap_or(Ok(Protocol::Gone));
+            match protocol {
+                Ok(Protocol::Http1) => {
+                    let service = move |req: http::Request<http_body_util::Full<bytes::Bytes>>| {
+                        let worker = worker.clone();
+                        async move { worker.proxy.handle(&worker.upstreams, req).await }
+                    };
+                    let conn = http1::Connection::new(stream, service, h1_limits, timer);
+                    if let Err(e) = graceful.watch(conn).await {
+                        tracing::debug!(error = %e, "client connection ended with an error");
+                    }
+                }
+                Ok(Protocol::Http2) => {
+                    let service = service_fn(move |req| {
+                        let worker = worker.clone();
+                        async move {
+                            Ok::<_, Infallible>(worker.proxy.handle(&worker.upstreams, req).await)
+                        }
+                    });
+                    let conn = h2.serve_connection(TokioIo::new(stream), service);
+                    if let Err(e) = graceful.watch(conn).await {
+                        tracing::debug!(error = %e, "client connection ended with an error");
+                    }
+                }
+                Ok(Protocol::Gone) | Err(_) => {}
             }
             drop(permit);
         });
@@ -506,6 +526,38 @@ async fn serve_data(listener: TcpListener, shared: DataShared) {
     }
     sweeper.abort();
     ticker.abort();
+}
+
+/// What a new data connection speaks.
+enum Protocol {
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c): it opens with the connection preface.
+    Http2,
+    /// Closed, or silent past the header-read timeout, before saying.
+    Gone,
+}
+
+/// HTTP/2's connection preface (RFC 9113 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Tells the protocol from the connection's first bytes, without taking them from the socket.
+/// An HTTP/1 request is told at its first byte; a preface that has arrived in part is looked at
+/// again a millisecond later (the caller bounds the wait).
+async fn sniff(stream: &tokio::net::TcpStream) -> std::io::Result<Protocol> {
+    let mut first = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut first).await?;
+        if n == 0 {
+            return Ok(Protocol::Gone);
+        }
+        if first[..n] != H2_PREFACE[..n] {
+            return Ok(Protocol::Http1);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(Protocol::Http2);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// Resolves when every connection task has ended (cancel-safe: the set keeps the rest).

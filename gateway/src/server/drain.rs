@@ -5,7 +5,8 @@
 //! request and every streamed chunk: about 800 instructions of each proxied request
 //! (docs/BENCHMARKS.md, 2026-12-03). Here a connection registers its task's waker once and
 //! afterwards reads one atomic flag per poll; starting the drain sets the flag and wakes every
-//! registered connection, which then asks hyper to finish its in-flight request and close.
+//! registered connection, which then asks its server (the gateway's own HTTP/1 loop, or hyper's
+//! HTTP/2) to finish its in-flight requests and close.
 
 use hyper_util::server::graceful::GracefulConnection;
 use parking_lot::Mutex;
@@ -16,6 +17,24 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
+
+/// A connection that can be asked to finish what it is doing and close.
+pub trait Graceful: Future {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+/// hyper's connections (HTTP/2 on the data port; the tests' HTTP/1).
+impl<C: GracefulConnection> Graceful for C {
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        GracefulConnection::graceful_shutdown(self);
+    }
+}
+
+impl Graceful for super::http1::Connection {
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        super::http1::Connection::graceful_shutdown(self);
+    }
+}
 
 /// One worker's drain signal; [`Drain::watch`] wraps a connection in it.
 #[derive(Clone, Debug, Default)]
@@ -37,7 +56,7 @@ impl Drain {
     }
 
     /// `conn`, closed gracefully once the drain starts (at once if it has started).
-    pub fn watch<C: GracefulConnection>(&self, conn: C) -> Draining<C> {
+    pub fn watch<C: Graceful>(&self, conn: C) -> Draining<C> {
         Draining {
             conn,
             inner: self.inner.clone(),
@@ -84,7 +103,7 @@ pin_project! {
     }
 }
 
-impl<C: GracefulConnection> Future for Draining<C> {
+impl<C: Graceful> Future for Draining<C> {
     type Output = C::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
