@@ -18,6 +18,7 @@ pub mod chunked;
 pub mod coarse_timer;
 pub mod discovery;
 pub mod flow;
+pub mod framing;
 pub mod picker;
 pub mod pool;
 pub mod proxy;

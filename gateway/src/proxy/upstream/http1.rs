@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 
 use super::answer::{AnswerBody, Framing};
 use crate::chunked::{ChunkError, ChunkedDecoder};
+use crate::framing::{FramingFields, LengthError};
 
 /// Most header lines in an answer's head (hyper's default too).
 const MAX_HEADERS: usize = 100;
@@ -307,33 +308,16 @@ fn build_head(
     // One more than the head has: the gateway adds its `x-infergate-endpoint`, and an insert
     // into a map at its capacity grows it (a new table, every entry hashed again).
     let mut headers = HeaderMap::with_capacity(spans.len() + 1);
-    let mut length: Option<u64> = None;
-    let mut chunked: Option<bool> = None;
-    let (mut close, mut keep_alive_token) = (false, false);
+    let mut fields = FramingFields::default();
     for span in spans {
         let name = HeaderName::from_bytes(&head[slice(span.name)])
             .map_err(|_| UpstreamError::Invalid("header name"))?;
-        let raw = &head[slice(span.value)];
-        if name == header::CONTENT_LENGTH {
-            for n in raw.split(|b| *b == b',') {
-                let n =
-                    parse_length(n.trim_ascii()).ok_or(UpstreamError::Invalid("content-length"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(UpstreamError::Invalid("conflicting content-length"));
-                }
-                length = Some(n);
-            }
-        } else if name == header::TRANSFER_ENCODING {
-            // The last coding of the last line decides.
-            if let Some(last) = raw.rsplit(|b| *b == b',').next() {
-                chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            }
-        } else if name == header::CONNECTION {
-            for token in raw.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
-        }
+        fields
+            .read(&name, &head[slice(span.value)])
+            .map_err(|e| match e {
+                LengthError::Invalid => UpstreamError::Invalid("content-length"),
+                LengthError::Conflicting => UpstreamError::Invalid("conflicting content-length"),
+            })?;
         // Read for the framing and the reuse above; they describe this hop, not the answer.
         if is_hop_by_hop(&name) {
             continue;
@@ -344,7 +328,7 @@ fn build_head(
     }
     let bodiless =
         head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-    let framing = match (bodiless, chunked, length) {
+    let framing = match (bodiless, fields.chunked, fields.length) {
         (true, _, _) | (false, None, Some(0)) => Framing::Ended,
         (false, Some(true), _) => Framing::Chunked(ChunkedDecoder::new()),
         // Another coding than chunked last: only the close can end it.
@@ -357,14 +341,9 @@ fn build_head(
     } else {
         Version::HTTP_11
     };
-    let persistent = if minor == 0 {
-        keep_alive_token && !close
-    } else {
-        !close
-    };
     // Both framings at once is how request smuggling starts: such a connection is not reused.
-    let ambiguous = chunked.is_some() && length.is_some();
-    let keep_alive = persistent && !ambiguous && !matches!(framing, Framing::Close);
+    let keep_alive =
+        fields.persistent(minor) && !fields.ambiguous() && !matches!(framing, Framing::Close);
     Ok(Head {
         status,
         version,
@@ -372,18 +351,6 @@ fn build_head(
         framing,
         keep_alive,
     })
-}
-
-/// A Content-Length value: digits only (no sign, no space), at most 19 of them.
-fn parse_length(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(
-        digits
-            .iter()
-            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0')),
-    )
 }
 
 #[cfg(test)]

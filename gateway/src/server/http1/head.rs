@@ -17,6 +17,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 use std::mem::MaybeUninit;
 
+use crate::framing::{FramingFields, LengthError};
 use crate::proxy::ErrorKind;
 
 /// Most bytes of a request head; past it, 431.
@@ -145,39 +146,24 @@ fn build(
 ) -> Result<RequestHead, HeadError> {
     let range = |(a, b): (u32, u32)| a as usize..b as usize;
     let mut headers = HeaderMap::with_capacity(spans.len());
-    let mut length: Option<u64> = None;
-    let mut chunked: Option<bool> = None;
-    let (mut close, mut keep_alive_token, mut expect_continue) = (false, false, false);
+    let mut fields = FramingFields::default();
+    let mut expect_continue = false;
     for span in spans {
         let name = HeaderName::from_bytes(&head[range(span.name)])
             .map_err(|_| HeadError::Malformed("header name"))?;
         let raw = &head[range(span.value)];
-        if name == header::CONTENT_LENGTH {
-            for n in raw.split(|b| *b == b',') {
-                let n = parse_length(n.trim_ascii())
-                    .ok_or(HeadError::Framing("invalid Content-Length"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(HeadError::Framing("conflicting Content-Length values"));
-                }
-                length = Some(n);
-            }
-        } else if name == header::TRANSFER_ENCODING {
-            if let Some(last) = raw.rsplit(|b| *b == b',').next() {
-                chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            }
-        } else if name == header::CONNECTION {
-            for token in raw.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
-        } else if name == header::EXPECT {
+        fields.read(&name, raw).map_err(|e| match e {
+            LengthError::Invalid => HeadError::Framing("invalid Content-Length"),
+            LengthError::Conflicting => HeadError::Framing("conflicting Content-Length values"),
+        })?;
+        if name == header::EXPECT {
             expect_continue |= raw.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         }
         let value = HeaderValue::from_maybe_shared(head.slice(range(span.value)))
             .map_err(|_| HeadError::Malformed("header value"))?;
         headers.append(name, value);
     }
-    let framing = match (chunked, length) {
+    let framing = match (fields.chunked, fields.length) {
         (Some(_), Some(_)) => {
             return Err(HeadError::Framing(
                 "both Transfer-Encoding and Content-Length",
@@ -195,11 +181,7 @@ fn build(
         (None, Some(0) | None) => BodyFraming::Empty,
         (None, Some(n)) => BodyFraming::Length(n),
     };
-    let keep_alive = if version == Version::HTTP_10 {
-        keep_alive_token && !close
-    } else {
-        !close
-    };
+    let keep_alive = fields.persistent(if version == Version::HTTP_10 { 0 } else { 1 });
     Ok(RequestHead {
         method,
         uri,
@@ -208,16 +190,6 @@ fn build(
         framing,
         keep_alive,
         expect_continue: expect_continue && framing != BodyFraming::Empty,
-    })
-}
-
-/// A Content-Length value: digits only (no sign, no space inside), at most 19 of them.
-fn parse_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    v.iter().try_fold(0u64, |n, d| {
-        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
     })
 }
 

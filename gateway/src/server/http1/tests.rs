@@ -90,6 +90,13 @@ async fn server(limits: Limits) -> Server {
     }
 }
 
+/// A client connected to `s` that has written `wire`.
+async fn send(s: &Server, wire: &[u8]) -> TcpStream {
+    let mut client = TcpStream::connect(s.addr).await.expect("connect");
+    client.write_all(wire).await.expect("write");
+    client
+}
+
 /// Reads from `client` until `want` bytes have come or the connection closes.
 async fn read_until(client: &mut TcpStream, pred: impl Fn(&[u8]) -> bool) -> Vec<u8> {
     let mut got = Vec::new();
@@ -126,11 +133,11 @@ async fn closed(client: &mut TcpStream) -> bool {
 #[tokio::test]
 async fn keep_alive_requests_and_pipelined_ones_are_answered_in_turn() {
     let mut s = server(LIMITS).await;
-    let mut client = TcpStream::connect(s.addr).await.expect("connect");
-    client
-        .write_all(b"POST /v1/completions HTTP/1.1\r\nhost: gw\r\ncontent-length: 5\r\n\r\nhello")
-        .await
-        .expect("write");
+    let mut client = send(
+        &s,
+        b"POST /v1/completions HTTP/1.1\r\nhost: gw\r\ncontent-length: 5\r\n\r\nhello",
+    )
+    .await;
     let got = text(&read_until(&mut client, |b| b.ends_with(b"{\"n\":5}")).await);
     assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
     assert!(got.contains("\r\ncontent-length: 7\r\n"), "{got}");
@@ -171,11 +178,7 @@ async fn keep_alive_requests_and_pipelined_ones_are_answered_in_turn() {
 #[tokio::test]
 async fn a_chunked_body_is_read_whole_and_one_over_the_limit_is_refused() {
     let s = server(LIMITS).await;
-    let mut client = TcpStream::connect(s.addr).await.expect("connect");
-    client
-        .write_all(b"POST /c HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\n\r\n")
-        .await
-        .expect("write");
+    let mut client = send(&s, b"POST /c HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\n\r\n").await;
     let got = text(&read_until(&mut client, |b| b.ends_with(b"{\"n\":5}")).await);
     assert!(got.starts_with("HTTP/1.1 200 OK"), "{got}");
     let mut big = b"POST /c HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
@@ -210,10 +213,16 @@ async fn a_body_over_the_limit_by_its_length_is_not_read_and_the_connection_clos
     let mut got = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), rx.read_to_end(&mut got)).await;
     let got = text(&got);
-    assert!(matches!(read, Ok(Ok(_))), "a clean close, not a reset: {read:?} after {got}");
+    assert!(
+        matches!(read, Ok(Ok(_))),
+        "a clean close, not a reset: {read:?} after {got}"
+    );
     assert!(got.ends_with("{\"n\":0}"), "{got}");
     assert!(got.contains("connection: close"), "{got}");
-    writer.await.expect("join").expect("the whole body was taken");
+    writer
+        .await
+        .expect("join")
+        .expect("the whole body was taken");
 }
 
 #[tokio::test]
@@ -226,8 +235,7 @@ async fn malformed_or_ambiguous_heads_get_an_openai_error_and_the_close() {
         (b"NOT A REQUEST\r\n\r\n", "400 Bad Request"),
     ] {
         let s = server(LIMITS).await;
-        let mut client = TcpStream::connect(s.addr).await.expect("connect");
-        client.write_all(wire).await.expect("write");
+        let mut client = send(&s, wire).await;
         let got = text(&read_until(&mut client, |b| text(b).contains("}}")).await);
         assert!(got.starts_with(&format!("HTTP/1.1 {status}")), "{got}");
         assert!(got.contains("\"type\":\"invalid_request_error\""), "{got}");
@@ -238,11 +246,11 @@ async fn malformed_or_ambiguous_heads_get_an_openai_error_and_the_close() {
 #[tokio::test]
 async fn expect_continue_gets_a_go_ahead_before_the_body() {
     let s = server(LIMITS).await;
-    let mut client = TcpStream::connect(s.addr).await.expect("connect");
-    client
-        .write_all(b"POST /e HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 4\r\n\r\n")
-        .await
-        .expect("write");
+    let mut client = send(
+        &s,
+        b"POST /e HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 4\r\n\r\n",
+    )
+    .await;
     let got = text(&read_until(&mut client, |b| b.ends_with(b"\r\n\r\n")).await);
     assert_eq!(got, "HTTP/1.1 100 Continue\r\n\r\n");
     client.write_all(b"body").await.expect("write");
@@ -253,11 +261,7 @@ async fn expect_continue_gets_a_go_ahead_before_the_body() {
 #[tokio::test]
 async fn a_stream_goes_out_chunk_by_chunk_as_its_frames_come() {
     let s = server(LIMITS).await;
-    let mut client = TcpStream::connect(s.addr).await.expect("connect");
-    client
-        .write_all(b"POST /stream HTTP/1.1\r\ncontent-length: 0\r\n\r\n")
-        .await
-        .expect("write");
+    let mut client = send(&s, b"POST /stream HTTP/1.1\r\ncontent-length: 0\r\n\r\n").await;
     s.frames.send(Bytes::from("data: 1\n\n")).expect("frame");
     let got = text(&read_until(&mut client, |b| b.ends_with(b"data: 1\n\n\r\n")).await);
     assert!(got.contains("transfer-encoding: chunked\r\n"), "{got}");
@@ -278,11 +282,7 @@ async fn a_stream_goes_out_chunk_by_chunk_as_its_frames_come() {
 #[tokio::test]
 async fn a_client_that_leaves_mid_answer_ends_the_connection_and_drops_the_answer() {
     let s = server(LIMITS).await;
-    let mut client = TcpStream::connect(s.addr).await.expect("connect");
-    client
-        .write_all(b"POST /stream HTTP/1.1\r\ncontent-length: 0\r\n\r\n")
-        .await
-        .expect("write");
+    let mut client = send(&s, b"POST /stream HTTP/1.1\r\ncontent-length: 0\r\n\r\n").await;
     s.frames.send(Bytes::from("data: 1\n\n")).expect("frame");
     read_until(&mut client, |b| b.ends_with(b"data: 1\n\n\r\n")).await;
     drop(client);
@@ -299,11 +299,11 @@ async fn a_client_that_leaves_mid_answer_ends_the_connection_and_drops_the_answe
 #[tokio::test]
 async fn http_1_0_closes_after_the_answer_unless_kept_alive() {
     let s = server(LIMITS).await;
-    let mut client = TcpStream::connect(s.addr).await.expect("connect");
-    client
-        .write_all(b"POST /x HTTP/1.0\r\nconnection: keep-alive\r\ncontent-length: 1\r\n\r\nx")
-        .await
-        .expect("write");
+    let mut client = send(
+        &s,
+        b"POST /x HTTP/1.0\r\nconnection: keep-alive\r\ncontent-length: 1\r\n\r\nx",
+    )
+    .await;
     let got = text(&read_until(&mut client, |b| b.ends_with(b"{\"n\":1}")).await);
     assert!(got.contains("connection: keep-alive\r\n"), "{got}");
     client
@@ -318,11 +318,7 @@ async fn http_1_0_closes_after_the_answer_unless_kept_alive() {
 #[tokio::test]
 async fn the_drain_closes_an_idle_connection_and_a_busy_one_after_its_answer() {
     let s = server(LIMITS).await;
-    let mut client = TcpStream::connect(s.addr).await.expect("connect");
-    client
-        .write_all(b"POST /stream HTTP/1.1\r\ncontent-length: 0\r\n\r\n")
-        .await
-        .expect("write");
+    let mut client = send(&s, b"POST /stream HTTP/1.1\r\ncontent-length: 0\r\n\r\n").await;
     s.frames.send(Bytes::from("data: 1\n\n")).expect("frame");
     read_until(&mut client, |b| b.ends_with(b"data: 1\n\n\r\n")).await;
     let (task, closing) = s.conn.await.expect("conn");
@@ -347,11 +343,7 @@ async fn a_head_not_finished_within_the_timeout_closes_the_connection() {
         ..LIMITS
     };
     let s = server(limits).await;
-    let mut client = TcpStream::connect(s.addr).await.expect("connect");
-    client
-        .write_all(b"POST /slow HTTP/1.1\r\nconte")
-        .await
-        .expect("write");
+    let mut client = send(&s, b"POST /slow HTTP/1.1\r\nconte").await;
     assert!(closed(&mut client).await);
     let (task, _) = s.conn.await.expect("conn");
     task.await.expect("join").expect("ok");
