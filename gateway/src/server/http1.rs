@@ -137,10 +137,7 @@ where
             Ok(Err(HeadRead::Io(e))) => return Err(e),
         };
         let RequestHead {
-            method,
-            uri,
-            version,
-            headers,
+            parts,
             framing,
             keep_alive,
             expect_continue,
@@ -172,28 +169,21 @@ where
                 }
             }
         };
-        let mut req = Request::new(Full::new(body));
-        *req.method_mut() = method.clone();
-        *req.uri_mut() = uri;
-        *req.version_mut() = version;
-        *req.headers_mut() = headers;
+        let ex = Exchange {
+            head_request: parts.method == http::Method::HEAD,
+            version: parts.version,
+            keep_alive,
+        };
+        let req = Request::from_parts(parts, Full::new(body));
         // A client that leaves now drops the service's future: the upstream request is cancelled.
         let Some(resp) = until_client_leaves(&mut stream, &mut buf, service(req)).await else {
             return Ok(());
         };
-        let keep_alive = keep_alive && !closing.load(Ordering::SeqCst);
-        let again = write_answer(
-            &mut stream,
-            &mut buf,
-            &mut out,
-            resp,
-            Exchange {
-                method: &method,
-                version,
-                keep_alive,
-            },
-        )
-        .await?;
+        let ex = Exchange {
+            keep_alive: ex.keep_alive && !closing.load(Ordering::SeqCst),
+            ..ex
+        };
+        let again = write_answer(&mut stream, &mut buf, &mut out, resp, ex).await?;
         if unread {
             linger(&mut stream).await;
             return Ok(());
@@ -339,8 +329,8 @@ async fn until_client_leaves<F: Future>(
 }
 
 /// What the answer needs to know of its request.
-struct Exchange<'a> {
-    method: &'a http::Method,
+struct Exchange {
+    head_request: bool,
     version: Version,
     keep_alive: bool,
 }
@@ -351,12 +341,12 @@ async fn write_answer<B: Body<Data = Bytes>>(
     buf: &mut BytesMut,
     out: &mut Vec<u8>,
     resp: Response<B>,
-    ex: Exchange<'_>,
+    ex: Exchange,
 ) -> io::Result<bool> {
     let (parts, body) = resp.into_parts();
     let mut body = pin!(body);
     let framing = AnswerFraming::choose(
-        ex.method,
+        ex.head_request,
         ex.version,
         parts.status,
         body.size_hint().exact(),

@@ -14,7 +14,8 @@
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, StatusCode, Uri, Version};
+use http::request::Parts;
+use http::{Method, Request, StatusCode, Uri, Version};
 use std::mem::MaybeUninit;
 
 use crate::framing::{FramingFields, LengthError};
@@ -40,10 +41,8 @@ pub enum BodyFraming {
 /// A client's request head, parsed; its header values share the head's bytes.
 #[derive(Debug)]
 pub struct RequestHead {
-    pub method: Method,
-    pub uri: Uri,
-    pub version: Version,
-    pub headers: HeaderMap,
+    /// Method, target, version and headers, as the request handed to the service carries them.
+    pub parts: Parts,
     pub framing: BodyFraming,
     /// The client will send more requests on this connection if the answer does not say close.
     pub keep_alive: bool,
@@ -128,12 +127,7 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadErro
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target.0 as usize..target.1 as usize))
         .map_err(|_| HeadError::Malformed("request target"))?;
-    let version = if minor == 0 {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
-    build(&head, method, uri, version, &spans[..count]).map(Some)
+    build(&head, method, uri, minor, &spans[..count]).map(Some)
 }
 
 /// The head's header map and what its headers say about framing and the connection.
@@ -141,7 +135,7 @@ fn build(
     head: &Bytes,
     method: Method,
     uri: Uri,
-    version: Version,
+    minor: u8,
     spans: &[Span],
 ) -> Result<RequestHead, HeadError> {
     let range = |(a, b): (u32, u32)| a as usize..b as usize;
@@ -169,7 +163,7 @@ fn build(
                 "both Transfer-Encoding and Content-Length",
             ));
         }
-        (Some(_), None) if version == Version::HTTP_10 => {
+        (Some(_), None) if minor == 0 => {
             return Err(HeadError::Framing("Transfer-Encoding in HTTP/1.0"));
         }
         (Some(false), None) => {
@@ -181,14 +175,19 @@ fn build(
         (None, Some(0) | None) => BodyFraming::Empty,
         (None, Some(n)) => BodyFraming::Length(n),
     };
-    let keep_alive = fields.persistent(if version == Version::HTTP_10 { 0 } else { 1 });
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = if minor == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    parts.headers = headers;
     Ok(RequestHead {
-        method,
-        uri,
-        version,
-        headers,
+        parts,
         framing,
-        keep_alive,
+        keep_alive: fields.persistent(minor),
         expect_continue: expect_continue && framing != BodyFraming::Empty,
     })
 }
@@ -208,14 +207,14 @@ pub enum AnswerFraming {
 
 impl AnswerFraming {
     /// The framing of an answer with `status` and a body of `exact` length if known, to a
-    /// request with `method` in `version`.
+    /// request in `version` (a HEAD request if `head_request`).
     pub fn choose(
-        method: &Method,
+        head_request: bool,
         version: Version,
         status: StatusCode,
         exact: Option<u64>,
     ) -> AnswerFraming {
-        if method == Method::HEAD
+        if head_request
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED
