@@ -366,7 +366,8 @@ async fn write_answer<B: Body<Data = Bytes>>(
         return Ok(again);
     }
     let chunked = framing == AnswerFraming::Chunked;
-    let mut head_sent = false;
+    // The head goes out with the first frame, then is empty.
+    let mut head: &[u8] = out;
     loop {
         let frame = match until_client_leaves(stream, buf, body.frame()).await {
             // The client left: dropping the body cancels the upstream request.
@@ -384,47 +385,31 @@ async fn write_answer<B: Body<Data = Bytes>>(
         if data.is_empty() {
             continue;
         }
-        let end = body.is_end_stream();
-        let head: &[u8] = if head_sent { &[] } else { out };
-        head_sent = true;
         if chunked {
             let mut size = [0u8; 18];
             let size = chunk_size_line(&mut size, data.len());
-            let tail: &[u8] = if end { b"\r\n0\r\n\r\n" } else { b"\r\n" };
-            write_all(stream, &mut [head, size, &data, tail]).await?;
-            if end {
-                return Ok(again);
-            }
+            write_all(stream, &mut [head, size, &data, b"\r\n"]).await?;
         } else {
             write_all(stream, &mut [head, &data]).await?;
-            if end {
-                break;
-            }
+        }
+        head = &[];
+        if body.is_end_stream() {
+            break;
         }
     }
-    let head: &[u8] = if head_sent { &[] } else { out };
-    let tail: &[u8] = if chunked { b"0\r\n\r\n" } else { &[] };
-    write_all(stream, &mut [head, tail]).await?;
+    let last: &[u8] = if chunked { b"0\r\n\r\n" } else { &[] };
+    write_all(stream, &mut [head, last]).await?;
     Ok(again)
 }
 
-/// `{size in hex}\r\n` in `dst`.
+/// `{size in hex}\r\n`, written into `dst`.
 fn chunk_size_line(dst: &mut [u8; 18], n: usize) -> &[u8] {
-    let digits = format_hex(n, &mut dst[..16]);
-    let len = digits;
-    dst[len] = b'\r';
-    dst[len + 1] = b'\n';
-    &dst[..len + 2]
-}
-
-/// Writes `n` in lowercase hex at the start of `dst`; the number of digits.
-fn format_hex(n: usize, dst: &mut [u8]) -> usize {
-    let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1) as usize;
-    for (i, d) in dst[..digits].iter_mut().enumerate() {
-        let nibble = (n >> (4 * (digits - 1 - i))) & 0xf;
-        *d = b"0123456789abcdef"[nibble];
-    }
-    digits
+    use std::io::Write as _;
+    let mut rest = &mut dst[..];
+    // 16 hex digits and CRLF always fit in 18 bytes.
+    let _ = write!(rest, "{n:x}\r\n");
+    let written = 18 - rest.len();
+    &dst[..written]
 }
 
 /// Writes every byte of `parts`, in as few `writev`s as the socket takes.
