@@ -17,6 +17,9 @@
 //! whatever is left is cut, the background tasks stop, and the admin port closes last (so the
 //! drain is observable on it).
 
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use infergate_config::{Config, Discovery};
@@ -41,7 +44,7 @@ use crate::discovery::kubernetes::SliceDiscovery;
 use crate::discovery::{EndpointSet, static_endpoints};
 use crate::flow::FlowControl;
 use crate::pool::Pool;
-use crate::proxy::{PoolCapacity, PoolRoute, Proxy, Upstreams};
+use crate::proxy::{GatewayBody, PoolCapacity, PoolRoute, Proxy, Upstreams};
 use crate::scrape::scrape_client;
 use crate::telemetry::{Metrics, PoolsCollector};
 
@@ -413,6 +416,17 @@ struct Worker {
     upstreams: Arc<Upstreams>,
 }
 
+impl Worker {
+    /// One request's answer, whichever protocol brought it.
+    async fn answer<B>(self: Arc<Self>, req: Request<B>) -> Response<GatewayBody>
+    where
+        B: http_body::Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        self.proxy.handle(&self.upstreams, req).await
+    }
+}
+
 /// One worker's share of the data port: HTTP/1.1 and h2c on its listener, at most
 /// `max_connections` at once across all workers, upstream through the worker's own connections.
 async fn serve_data(listener: TcpListener, shared: DataShared) {
@@ -476,30 +490,24 @@ async fn serve_data(listener: TcpListener, shared: DataShared) {
                 .timeout(h1_limits.header_read, sniff(&stream))
                 .await
                 .unwrap_or(Ok(Protocol::Gone));
-            match protocol {
+            let ended = match protocol {
                 Ok(Protocol::Http1) => {
-                    let service = move |req: http::Request<http_body_util::Full<bytes::Bytes>>| {
-                        let worker = worker.clone();
-                        async move { worker.proxy.handle(&worker.upstreams, req).await }
-                    };
+                    let service = move |req: Request<Full<Bytes>>| worker.clone().answer(req);
                     let conn = http1::Connection::new(stream, service, h1_limits, timer);
-                    if let Err(e) = graceful.watch(conn).await {
-                        tracing::debug!(error = %e, "client connection ended with an error");
-                    }
+                    graceful.watch(conn).await.map_err(|e| e.to_string())
                 }
                 Ok(Protocol::Http2) => {
                     let service = service_fn(move |req| {
-                        let worker = worker.clone();
-                        async move {
-                            Ok::<_, Infallible>(worker.proxy.handle(&worker.upstreams, req).await)
-                        }
+                        let answer = worker.clone().answer(req);
+                        async move { Ok::<_, Infallible>(answer.await) }
                     });
                     let conn = h2.serve_connection(TokioIo::new(stream), service);
-                    if let Err(e) = graceful.watch(conn).await {
-                        tracing::debug!(error = %e, "client connection ended with an error");
-                    }
+                    graceful.watch(conn).await.map_err(|e| e.to_string())
                 }
-                Ok(Protocol::Gone) | Err(_) => {}
+                Ok(Protocol::Gone) | Err(_) => Ok(()),
+            };
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "client connection ended with an error");
             }
             drop(permit);
         });
