@@ -2,6 +2,7 @@
 //! service is a closure, and reads what comes back.
 
 use super::*;
+use crate::server::drain::Drain;
 use http_body_util::StreamBody;
 use http_body_util::combinators::UnsyncBoxBody;
 use std::convert::Infallible;
@@ -63,8 +64,8 @@ struct Server {
     addr: std::net::SocketAddr,
     seen: Seen,
     frames: mpsc::UnboundedSender<Bytes>,
-    /// The connection task of the first connection accepted, and its closing switch.
-    conn: tokio::sync::oneshot::Receiver<(JoinHandle<io::Result<()>>, Arc<AtomicBool>)>,
+    /// The connection task of the first connection accepted, and the drain watching it.
+    conn: tokio::sync::oneshot::Receiver<(JoinHandle<io::Result<()>>, Drain)>,
 }
 
 async fn server(limits: Limits) -> Server {
@@ -79,8 +80,8 @@ async fn server(limits: Limits) -> Server {
     tokio::spawn(async move {
         let (stream, _) = listener.accept().await.expect("accept");
         let connection = Connection::new(stream, echo_service(seen_tx, stream_slot), limits, timer);
-        let closing = connection.closing.clone();
-        let _ = conn_tx.send((tokio::spawn(connection), closing));
+        let drain = Drain::new();
+        let _ = conn_tx.send((tokio::spawn(drain.watch(connection)), drain));
     });
     Server {
         addr,
@@ -316,19 +317,35 @@ async fn http_1_0_closes_after_the_answer_unless_kept_alive() {
 }
 
 #[tokio::test]
-async fn the_drain_closes_an_idle_connection_and_a_busy_one_after_its_answer() {
+async fn the_drain_closes_a_busy_connection_after_its_answer() {
     let s = server(LIMITS).await;
     let mut client = send(&s, b"POST /stream HTTP/1.1\r\ncontent-length: 0\r\n\r\n").await;
     s.frames.send(Bytes::from("data: 1\n\n")).expect("frame");
     read_until(&mut client, |b| b.ends_with(b"data: 1\n\n\r\n")).await;
-    let (task, closing) = s.conn.await.expect("conn");
-    closing.store(true, Ordering::SeqCst);
+    let (task, drain) = s.conn.await.expect("conn");
+    drain.start();
     // Busy: the stream goes on to its end.
     s.frames.send(Bytes::from("data: 2\n\n")).expect("frame");
     drop(s.frames);
     let got = text(&read_until(&mut client, |b| b.ends_with(b"0\r\n\r\n")).await);
     assert!(got.contains("data: 2"), "{got}");
     assert!(closed(&mut client).await, "closed after the answer");
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("ends")
+        .expect("join")
+        .expect("ok");
+}
+
+#[tokio::test]
+async fn the_drain_closes_an_idle_connection_at_once() {
+    let s = server(LIMITS).await;
+    let mut client = send(&s, b"POST /x HTTP/1.1\r\ncontent-length: 1\r\n\r\nx").await;
+    read_until(&mut client, |b| b.ends_with(b"{\"n\":1}")).await;
+    // Between requests: the drain wakes the connection's task, which closes.
+    let (task, drain) = s.conn.await.expect("conn");
+    drain.start();
+    assert!(closed(&mut client).await);
     tokio::time::timeout(Duration::from_secs(5), task)
         .await
         .expect("ends")
