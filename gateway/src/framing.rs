@@ -28,7 +28,9 @@ pub enum LengthError {
 }
 
 impl FramingFields {
-    /// Takes in one header line; lines that do not frame the message are ignored.
+    /// Takes in one header line; lines that do not frame the message are ignored. Inlined: it
+    /// runs for every header line of every head, and mostly compares a name and returns.
+    #[inline]
     pub fn read(&mut self, name: &HeaderName, value: &[u8]) -> Result<(), LengthError> {
         if name == header::CONTENT_LENGTH {
             for n in value.split(|b| *b == b',') {
