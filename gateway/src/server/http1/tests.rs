@@ -123,6 +123,15 @@ fn count(hay: &str, needle: &str) -> usize {
     hay.matches(needle).count()
 }
 
+/// Waits (at most 5 s) for a connection's task to end without an error.
+async fn ended(task: JoinHandle<io::Result<()>>) {
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the connection ends")
+        .expect("join")
+        .expect("no error");
+}
+
 async fn closed(client: &mut TcpStream) -> bool {
     let mut b = [0u8; 1];
     matches!(
@@ -288,11 +297,7 @@ async fn a_client_that_leaves_mid_answer_ends_the_connection_and_drops_the_answe
     read_until(&mut client, |b| b.ends_with(b"data: 1\n\n\r\n")).await;
     drop(client);
     let (task, _) = s.conn.await.expect("conn");
-    tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .expect("the connection ends")
-        .expect("join")
-        .expect("no error");
+    ended(task).await;
     // The answer's body was dropped: its frames' receiver is gone.
     assert!(s.frames.send(Bytes::from("late")).is_err());
 }
@@ -330,11 +335,7 @@ async fn the_drain_closes_a_busy_connection_after_its_answer() {
     let got = text(&read_until(&mut client, |b| b.ends_with(b"0\r\n\r\n")).await);
     assert!(got.contains("data: 2"), "{got}");
     assert!(closed(&mut client).await, "closed after the answer");
-    tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .expect("ends")
-        .expect("join")
-        .expect("ok");
+    ended(task).await;
 }
 
 #[tokio::test]
@@ -346,11 +347,7 @@ async fn the_drain_closes_an_idle_connection_at_once() {
     let (task, drain) = s.conn.await.expect("conn");
     drain.start();
     assert!(closed(&mut client).await);
-    tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .expect("ends")
-        .expect("join")
-        .expect("ok");
+    ended(task).await;
 }
 
 #[tokio::test]
