@@ -538,7 +538,8 @@ async fn a_503_is_retried_on_another_endpoint_then_passed_on() {
 /// The two deadlines every request carries (on each worker's coarse timer, which fires up to
 /// 100 ms late and never early): an upstream that sends nothing gets the client a 504 after
 /// `first_byte_timeout`, not sooner, and is not retried (it may be working on the request); a
-/// client that never finishes its request head is cut after `header_read_timeout`.
+/// client that never finishes its request head is cut after `header_read_timeout`; one whose body
+/// stalls gets a 408 after `body_read_timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_upstream_is_a_504_and_a_stalled_client_is_cut() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -547,11 +548,32 @@ async fn a_silent_upstream_is_a_504_and_a_stalled_client_is_cut() {
     let cfg = write_config_with_limits(
         "deadlines",
         &[a.url(), b.url()],
-        "{ max_body_bytes: 65536, first_byte_timeout: 400ms, header_read_timeout: 400ms }",
+        "{ max_body_bytes: 65536, first_byte_timeout: 400ms, header_read_timeout: 400ms, body_read_timeout: 400ms }",
         "",
     );
     let gw = spawn_gateway(&cfg);
     let api = format!("{}/v1/chat/completions", gw.url("gateway"));
+
+    // A head, part of its body, then silence: 408, then the close.
+    let mut conn = tokio::net::TcpStream::connect(gw.addr("gateway"))
+        .await
+        .expect("connect");
+    conn.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"model\":")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut buf))
+        .await
+        .expect("the gateway answered the stalled body")
+        .expect("a clean close");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    assert!(text.contains("\"code\":\"request_timeout\""), "{text}");
+    assert_eq!(
+        a.state.requests.load(Ordering::SeqCst) + b.state.requests.load(Ordering::SeqCst),
+        0,
+        "nothing went upstream"
+    );
 
     let sent = Instant::now();
     let r = post(&api, CHAT, &[("x-test", "hang")]).await;

@@ -53,6 +53,16 @@ pub struct LimitsConfig {
     /// Time a client has to send its request headers.
     #[serde(with = "crate::duration")]
     pub header_read_timeout: Duration,
+    /// Longest a request body may stall: the most time between two reads that bring bytes of it
+    /// (408 past it). Without it, a client that sends a head and then trickles its body (or
+    /// nothing) holds a connection, and with enough of them `max_connections`, for ever.
+    #[serde(with = "crate::duration")]
+    pub body_read_timeout: Duration,
+    /// Longest an answer may wait for the client to take its next bytes (HTTP/1: a write that
+    /// makes no progress for this long closes the connection and cancels the upstream request).
+    /// A client that stops reading a stream would otherwise hold its pod's slot for ever.
+    #[serde(with = "crate::duration")]
+    pub send_timeout: Duration,
     /// Time the upstream has to send the response's first byte (504 past it). Generous, because a
     /// long prompt's prefill on a busy pod takes seconds.
     #[serde(with = "crate::duration")]
@@ -66,6 +76,8 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_body_bytes: 16 << 20,
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
             first_byte_timeout: Duration::from_secs(300),
             max_connections: 10_000,
         }
@@ -81,9 +93,9 @@ pub struct UpstreamConfig {
     #[serde(with = "crate::duration")]
     pub connect_timeout: Duration,
     /// A connection idle for this long is not used again, and is closed. Keep it below the model
-    /// server's own keep-alive timeout: vLLM and SGLang (uvicorn) close idle connections after 5 s,
-    /// and a request sent on a connection at the moment its server closes it fails after it has
-    /// left, so it cannot be sent again. Closing first, the gateway never races the server.
+    /// server's own keep-alive timeout: vLLM and SGLang (uvicorn) close idle connections after 5 s.
+    /// Closing first, the gateway rarely races the server; when it does (a reused connection
+    /// closed before any byte of the answer), the request is sent again on another connection.
     #[serde(with = "crate::duration")]
     pub idle_timeout: Duration,
     /// Most idle connections kept per endpoint and worker; a burst's connections beyond it close

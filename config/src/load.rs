@@ -67,6 +67,19 @@ impl Config {
             ),
             ("gateway.upstream.idle_timeout", g.upstream.idle_timeout),
             ("gateway.scrape.interval", g.scrape.interval),
+            (
+                "gateway.limits.header_read_timeout",
+                g.limits.header_read_timeout,
+            ),
+            (
+                "gateway.limits.body_read_timeout",
+                g.limits.body_read_timeout,
+            ),
+            ("gateway.limits.send_timeout", g.limits.send_timeout),
+            (
+                "gateway.limits.first_byte_timeout",
+                g.limits.first_byte_timeout,
+            ),
         ] {
             if d.is_zero() {
                 return Err((field.into(), "must be above zero".into()));
@@ -256,6 +269,9 @@ pools:
 
         let e = parse("gateway: { upstream: { idle_timeout: 0s } }").unwrap_err();
         assert_eq!(e.field, "gateway.upstream.idle_timeout");
+        let e = parse("gateway: { limits: { body_read_timeout: 0s } }").unwrap_err();
+        assert_eq!(e.field, "gateway.limits.body_read_timeout");
+        assert_eq!(e.reason, "must be above zero");
         assert_eq!(e.reason, "must be above zero");
 
         let e = parse("gateway: [1").unwrap_err();

@@ -448,6 +448,8 @@ async fn serve_data(listener: TcpListener, shared: DataShared) {
     let h1_limits = http1::Limits {
         max_body: limits.max_body_bytes,
         header_read: limits.header_read_timeout,
+        body_read: limits.body_read_timeout,
+        send: limits.send_timeout,
     };
     let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new());

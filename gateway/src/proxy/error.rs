@@ -31,6 +31,8 @@ pub enum ErrorKind {
     MalformedRequest,
     /// The request head is over its size or header-count bound.
     HeadTooLarge,
+    /// The client stopped sending its request body for `limits.body_read_timeout`.
+    RequestTimeout,
     /// Flow control refused a sheddable request (queue full or its wait ran out).
     Shed,
     /// Flow control refused or timed out a non-sheddable request; or the gateway is draining.
@@ -79,9 +81,8 @@ impl ProxyError {
         use ErrorKind::*;
         let (source_side, retryable) = match kind {
             InvalidJson | MissingField | InvalidHeader | RouteNotFound | ModelNotFound
-            | MethodNotAllowed | BodyTooLarge | BodyRead | MalformedRequest | HeadTooLarge => {
-                (ErrorSource::Downstream, false)
-            }
+            | MethodNotAllowed | BodyTooLarge | BodyRead | MalformedRequest | HeadTooLarge
+            | RequestTimeout => (ErrorSource::Downstream, false),
             Shed | Overloaded | Internal => (ErrorSource::Internal, false),
             UpstreamConnect => (ErrorSource::Upstream, true),
             UpstreamProtocol | UpstreamTimeout => (ErrorSource::Upstream, false),
@@ -95,6 +96,17 @@ impl ProxyError {
             retry_after: None,
             cause: None,
         }
+    }
+
+    /// The client sent no byte of its request body for `within` (`limits.body_read_timeout`).
+    pub fn body_stalled(within: Duration) -> Self {
+        ProxyError::new(
+            ErrorKind::RequestTimeout,
+            format!(
+                "no byte of the request body came for {}",
+                humantime::format_duration(within)
+            ),
+        )
     }
 
     pub fn with_param(mut self, param: &'static str) -> Self {
@@ -120,6 +132,7 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST
             }
             HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             RouteNotFound | ModelNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -136,9 +149,8 @@ impl ProxyError {
         use ErrorKind::*;
         match self.kind {
             InvalidJson | MissingField | InvalidHeader | BodyRead | RouteNotFound
-            | ModelNotFound | MethodNotAllowed | BodyTooLarge | MalformedRequest | HeadTooLarge => {
-                "invalid_request_error"
-            }
+            | ModelNotFound | MethodNotAllowed | BodyTooLarge | MalformedRequest | HeadTooLarge
+            | RequestTimeout => "invalid_request_error",
             Shed => "rate_limit_error",
             Overloaded | UpstreamConnect | UpstreamProtocol | UpstreamTimeout | Internal => {
                 "server_error"
@@ -160,6 +172,7 @@ impl ProxyError {
             BodyRead => "body_read_error",
             MalformedRequest => "malformed_request",
             HeadTooLarge => "request_header_too_large",
+            RequestTimeout => "request_timeout",
             Shed => "rate_limit_exceeded",
             Overloaded => "overloaded",
             UpstreamConnect => "upstream_unavailable",
@@ -245,6 +258,8 @@ mod tests {
             (ErrorKind::RouteNotFound, 404, "invalid_request_error"),
             (ErrorKind::MethodNotAllowed, 405, "invalid_request_error"),
             (ErrorKind::BodyTooLarge, 413, "invalid_request_error"),
+            (ErrorKind::RequestTimeout, 408, "invalid_request_error"),
+            (ErrorKind::HeadTooLarge, 431, "invalid_request_error"),
             (ErrorKind::Shed, 429, "rate_limit_error"),
             (ErrorKind::UpstreamConnect, 502, "server_error"),
             (ErrorKind::Overloaded, 503, "server_error"),

@@ -29,8 +29,13 @@ use http::request::Parts;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use infergate_config::{Config, LimitsConfig, PrefixConfig, RetryConfig};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
+
+use crate::coarse_timer::CoarseTimer;
 
 use crate::flow::{Capacity, CapacitySignal, FlowControl, Shed, Urgency};
 use crate::picker::{EndpointId, PickReason, Priority, PromptHasher, RequestFacts};
@@ -198,7 +203,7 @@ impl Proxy {
         }
         // 2. read
         let (parts, body) = req.into_parts();
-        let body = read_body(&parts, body, self.limits.max_body_bytes).await?;
+        let body = read_body(&parts, body, &self.limits, upstreams.timer()).await?;
         // 3. facts
         let (target, facts) = self.facts(&parts, &body, ctx)?;
         let route = &self.pools[target];
@@ -398,14 +403,22 @@ impl Drop for RequestCtx<'_> {
     }
 }
 
-/// The read phase: the whole body, bounded. Most bodies arrive as one frame (hyper hands over
-/// what one read brought): that frame's bytes are the body, no copy and no list of frames;
-/// more frames are joined.
-async fn read_body<B>(parts: &Parts, mut body: B, max: usize) -> Result<Bytes, ProxyError>
+/// The read phase: the whole body, bounded in size (`limits.max_body_bytes`) and in how long it
+/// may stall (`limits.body_read_timeout` between two frames: HTTP/2's bodies come here as they
+/// arrive; HTTP/1's were read whole by the connection's loop, under the same bound). Most bodies
+/// arrive as one frame: that frame's bytes are the body, no copy and no list of frames; more
+/// frames are joined.
+async fn read_body<B>(
+    parts: &Parts,
+    mut body: B,
+    limits: &LimitsConfig,
+    timer: &CoarseTimer,
+) -> Result<Bytes, ProxyError>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
+    let max = limits.max_body_bytes;
     let too_large = || {
         ProxyError::new(
             ErrorKind::BodyTooLarge,
@@ -425,7 +438,7 @@ where
     let mut joined: Option<BytesMut> = None;
     let mut len = 0;
     while !body.is_end_stream() {
-        let Some(frame) = body.frame().await else {
+        let Some(frame) = next_frame(&mut body, timer, limits.body_read_timeout).await? else {
             break;
         };
         let frame = frame.map_err(|e| {
@@ -454,6 +467,33 @@ where
         }
     }
     Ok(joined.map_or(first, BytesMut::freeze))
+}
+
+/// The body's next frame; the client has `within` to send it. A frame that is already there
+/// (every HTTP/1 body, read whole before) arms no deadline.
+async fn next_frame<B>(
+    body: &mut B,
+    timer: &CoarseTimer,
+    within: Duration,
+) -> Result<Option<Result<http_body::Frame<Bytes>, B::Error>>, ProxyError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let mut frame = body.frame();
+    let first = std::future::poll_fn(|cx| {
+        Poll::Ready(match Pin::new(&mut frame).poll(cx) {
+            Poll::Ready(out) => Some(out),
+            Poll::Pending => None,
+        })
+    })
+    .await;
+    if let Some(out) = first {
+        return Ok(out);
+    }
+    timer
+        .timeout(within, frame)
+        .await
+        .map_err(|_| ProxyError::body_stalled(within))
 }
 
 fn shed_error(shed: Shed, urgency: Urgency) -> ProxyError {

@@ -133,3 +133,58 @@ fn shed_answers() {
     assert_eq!(shed_error(Shed::ShuttingDown, shed).status().as_u16(), 503);
     assert!(shed_error(Shed::Timeout, std).retry_after.is_some());
 }
+
+/// A body whose frames are what `rx` sends, when it sends them.
+fn trickled(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Bytes>,
+) -> impl http_body::Body<Data = Bytes, Error = std::convert::Infallible> + Unpin {
+    http_body_util::StreamBody::new(futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
+    }))
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_between_frames_is_a_408_and_one_that_flows_is_read() {
+    let timer = CoarseTimer::new();
+    tokio::spawn(timer.clone().tick());
+    let limits = LimitsConfig {
+        body_read_timeout: Duration::from_millis(300),
+        ..LimitsConfig::default()
+    };
+    let parts = parts(None);
+
+    // Frames that keep coming within the bound, however long the whole body takes.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let feeder = tokio::spawn(async move {
+        for part in ["{\"model\":", "\"base\"", "}"] {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            tx.send(Bytes::from(part)).expect("send");
+        }
+    });
+    let body = read_body(&parts, trickled(rx), &limits, &timer)
+        .await
+        .expect("a flowing body is read");
+    assert_eq!(body, Bytes::from("{\"model\":\"base\"}"));
+    feeder.await.expect("feeder");
+
+    // One frame, then nothing: refused once the bound has passed, not before.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(Bytes::from("{\"model\":")).expect("send");
+    let started = Instant::now();
+    let e = read_body(&parts, trickled(rx), &limits, &timer)
+        .await
+        .expect_err("a stalled body is refused");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(e.kind, ErrorKind::RequestTimeout);
+    assert_eq!(e.status(), StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(e.code(), "request_timeout");
+    drop(tx);
+
+    // A body that is all there (HTTP/1's, read whole by its connection) never waits.
+    let whole = http_body_util::Full::new(Bytes::from("{}"));
+    let body = read_body(&parts, whole, &limits, &timer)
+        .await
+        .expect("read");
+    assert_eq!(body, Bytes::from("{}"));
+}

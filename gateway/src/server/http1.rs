@@ -18,7 +18,11 @@
 //!   are written as they come, each in one chunk, never batched;
 //! - keep-alive as the version and `Connection` say; pipelined requests are answered in turn;
 //! - the header-read timeout covers the wait for each head, the idle time between requests
-//!   included; the drain closes an idle connection at once and a busy one after its answer.
+//!   included; the body-read timeout, each wait for more of a body (408 past it); the send
+//!   timeout, each wait for a client to take more of its answer (the close past it, which
+//!   cancels the upstream request). Without the last two, a client that trickles its body or
+//!   stops reading its stream holds a connection (and, for the stream, a pod's slot) for ever;
+//! - the drain closes an idle connection at once and a busy one after its answer.
 //!
 //! HTTP/2 (prior knowledge, h2c) is told apart by its preface and served by hyper
 //! (`server.rs`); so is the admin port.
@@ -40,7 +44,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::chunked::{ChunkedDecoder, Step};
-use crate::coarse_timer::CoarseTimer;
+use crate::coarse_timer::{CoarseTimer, Elapsed};
 use crate::proxy::{ErrorKind, ProxyError};
 use head::{AnswerFraming, BodyFraming, HeadError, RequestHead};
 
@@ -63,6 +67,71 @@ pub struct Limits {
     pub max_body: usize,
     /// `limits.header_read_timeout`.
     pub header_read: Duration,
+    /// `limits.body_read_timeout`.
+    pub body_read: Duration,
+    /// `limits.send_timeout`.
+    pub send: Duration,
+}
+
+/// The client's socket, with the deadlines its body reads and its writes run under. Both are
+/// armed only when the socket makes the connection wait: a body that came with its head, and
+/// an answer the socket takes at once (nearly every one), arm nothing.
+struct Client {
+    stream: TcpStream,
+    timer: CoarseTimer,
+    limits: Limits,
+}
+
+impl Client {
+    /// More bytes of a request body into `buf`: the client has `limits.body_read` to send them.
+    async fn read_body_bytes(&mut self, buf: &mut BytesMut) -> Result<(), BodyFail> {
+        let more = read_some(&mut self.stream, buf);
+        match self.timer.timeout(self.limits.body_read, more).await {
+            Ok(Ok(0)) => Err(BodyFail::Closed),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(BodyFail::Io(e)),
+            Err(Elapsed) => Err(BodyFail::Refused(ProxyError::body_stalled(
+                self.limits.body_read,
+            ))),
+        }
+    }
+
+    /// Writes every byte of `parts`, in as few `writev`s as the socket takes. A client that takes
+    /// none of them for `limits.send` (its socket's buffers full: it is not reading) fails the
+    /// write with `TimedOut`.
+    async fn write_all(&mut self, parts: &mut [&[u8]]) -> io::Result<()> {
+        let mut slices: [IoSlice<'_>; 4] = [IoSlice::new(&[]); 4];
+        let mut count = 0;
+        for p in parts.iter().filter(|p| !p.is_empty()) {
+            slices[count] = IoSlice::new(p);
+            count += 1;
+        }
+        let mut slices = &mut slices[..count];
+        while !slices.is_empty() {
+            let n = match self.stream.try_write_vectored(slices) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let room = self.stream.writable();
+                    match self.timer.timeout(self.limits.send, room).await {
+                        Ok(ready) => ready?,
+                        Err(Elapsed) => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "the client took no byte of its answer within the send timeout",
+                            ));
+                        }
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut slices, n);
+        }
+        Ok(())
+    }
 }
 
 /// One client connection being served; a future that ends when the connection does.
@@ -106,7 +175,7 @@ impl Future for Connection {
 
 /// Serves requests on `stream` until the client closes, an error, or the drain.
 async fn serve<S, F, B>(
-    mut stream: TcpStream,
+    stream: TcpStream,
     service: S,
     limits: Limits,
     timer: CoarseTimer,
@@ -117,13 +186,19 @@ where
     F: Future<Output = Response<B>>,
     B: Body<Data = Bytes>,
 {
+    let mut client = Client {
+        stream,
+        timer,
+        limits,
+    };
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     let mut out = Vec::with_capacity(512);
     loop {
-        let head = match timer
+        let head = match client
+            .timer
             .timeout(
                 limits.header_read,
-                read_head(&mut stream, &mut buf, &closing),
+                read_head(&mut client.stream, &mut buf, &closing),
             )
             .await
         {
@@ -132,7 +207,7 @@ where
             Ok(Ok(None)) | Err(_) => return Ok(()),
             Ok(Err(HeadRead::Refused(e))) => {
                 let e = ProxyError::new(e.kind(), e.to_string());
-                return refuse(&mut stream, &mut out, e).await;
+                return refuse(&mut client, &mut out, e).await;
             }
             Ok(Err(HeadRead::Io(e))) => return Err(e),
         };
@@ -147,27 +222,17 @@ where
         let mut keep_alive = keep_alive;
         let mut unread = false;
         let body = match framing {
-            BodyFraming::Empty => Bytes::new(),
             BodyFraming::Length(n) if n > limits.max_body as u64 => {
                 keep_alive = false;
                 unread = true;
                 Bytes::new()
             }
-            BodyFraming::Length(n) => {
-                go_ahead(&mut stream, &buf, expect_continue).await?;
-                match read_exact(&mut stream, &mut buf, n as usize).await? {
-                    Some(body) => body,
-                    None => return Ok(()),
-                }
-            }
-            BodyFraming::Chunked => {
-                go_ahead(&mut stream, &buf, expect_continue).await?;
-                match read_chunked(&mut stream, &mut buf, limits.max_body).await? {
-                    Ok(Some(body)) => body,
-                    Ok(None) => return Ok(()),
-                    Err(e) => return refuse(&mut stream, &mut out, e).await,
-                }
-            }
+            framing => match read_body(&mut client, &mut buf, framing, expect_continue).await {
+                Ok(body) => body,
+                Err(BodyFail::Closed) => return Ok(()),
+                Err(BodyFail::Refused(e)) => return refuse(&mut client, &mut out, e).await,
+                Err(BodyFail::Io(e)) => return Err(e),
+            },
         };
         let ex = Exchange {
             head_request: parts.method == http::Method::HEAD,
@@ -176,20 +241,57 @@ where
         };
         let req = Request::from_parts(parts, Full::new(body));
         // A client that leaves now drops the service's future: the upstream request is cancelled.
-        let Some(resp) = until_client_leaves(&mut stream, &mut buf, service(req)).await else {
+        let Some(resp) = until_client_leaves(&mut client.stream, &mut buf, service(req)).await
+        else {
             return Ok(());
         };
         let ex = Exchange {
             keep_alive: ex.keep_alive && !closing.load(Ordering::SeqCst),
             ..ex
         };
-        let again = write_answer(&mut stream, &mut buf, &mut out, resp, ex).await?;
+        let again = write_answer(&mut client, &mut buf, &mut out, resp, ex).await?;
         if unread {
-            linger(&mut stream).await;
+            linger(&mut client.stream).await;
             return Ok(());
         }
         if !again || closing.load(Ordering::SeqCst) {
             return Ok(());
+        }
+    }
+}
+
+/// Why a request body was not read whole.
+enum BodyFail {
+    /// The client closed first: there is no one to answer.
+    Closed,
+    /// Answered with this error (a broken chunked coding, over the limit, stalled), then the
+    /// close.
+    Refused(ProxyError),
+    Io(io::Error),
+}
+
+impl From<io::Error> for BodyFail {
+    fn from(e: io::Error) -> Self {
+        BodyFail::Io(e)
+    }
+}
+
+/// The body `framing` announces, read whole (after a `100 Continue` if the client asked).
+async fn read_body(
+    client: &mut Client,
+    buf: &mut BytesMut,
+    framing: BodyFraming,
+    expect_continue: bool,
+) -> Result<Bytes, BodyFail> {
+    match framing {
+        BodyFraming::Empty => Ok(Bytes::new()),
+        BodyFraming::Length(n) => {
+            go_ahead(client, buf, expect_continue).await?;
+            read_exact(client, buf, n as usize).await
+        }
+        BodyFraming::Chunked => {
+            go_ahead(client, buf, expect_continue).await?;
+            read_chunked(client, buf).await
         }
     }
 }
@@ -246,58 +348,47 @@ async fn read_some(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usi
 }
 
 /// `100 Continue`, if the client waits for it and has not begun to send its body anyway.
-async fn go_ahead(stream: &mut TcpStream, buf: &BytesMut, asked: bool) -> io::Result<()> {
+async fn go_ahead(client: &mut Client, buf: &BytesMut, asked: bool) -> io::Result<()> {
     if asked && buf.is_empty() {
-        stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+        client
+            .write_all(&mut [&b"HTTP/1.1 100 Continue\r\n\r\n"[..]])
+            .await?;
     }
     Ok(())
 }
 
-/// The next `n` bytes; `None` if the client closed first.
-async fn read_exact(
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
-    n: usize,
-) -> io::Result<Option<Bytes>> {
+/// The next `n` bytes.
+async fn read_exact(client: &mut Client, buf: &mut BytesMut, n: usize) -> Result<Bytes, BodyFail> {
     if buf.len() < n {
         buf.reserve(n - buf.len());
     }
     while buf.len() < n {
-        if read_some(stream, buf).await? == 0 {
-            return Ok(None);
-        }
+        client.read_body_bytes(buf).await?;
     }
-    Ok(Some(buf.split_to(n).freeze()))
+    Ok(buf.split_to(n).freeze())
 }
 
-/// A chunked body, decoded whole; `Ok(None)` if the client closed first, the inner error if the
-/// coding is broken (400) or the body is over `max` (413).
-async fn read_chunked(
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
-    max: usize,
-) -> io::Result<Result<Option<Bytes>, ProxyError>> {
+/// A chunked body, decoded whole; refused if its coding is broken (400) or it is over
+/// `limits.max_body` (413).
+async fn read_chunked(client: &mut Client, buf: &mut BytesMut) -> Result<Bytes, BodyFail> {
+    let max = client.limits.max_body;
     let mut decoder = ChunkedDecoder::new();
     let mut body = BytesMut::new();
     loop {
         match decoder.decode(buf) {
             Ok(Step::Data(data)) => {
                 if body.len() + data.len() > max {
-                    return Ok(Err(ProxyError::new(
+                    return Err(BodyFail::Refused(ProxyError::new(
                         ErrorKind::BodyTooLarge,
                         format!("the request body is larger than {max} bytes"),
                     )));
                 }
                 body.extend_from_slice(&data);
             }
-            Ok(Step::End) => return Ok(Ok(Some(body.freeze()))),
-            Ok(Step::NeedMore) => {
-                if read_some(stream, buf).await? == 0 {
-                    return Ok(Ok(None));
-                }
-            }
+            Ok(Step::End) => return Ok(body.freeze()),
+            Ok(Step::NeedMore) => client.read_body_bytes(buf).await?,
             Err(e) => {
-                return Ok(Err(ProxyError::new(
+                return Err(BodyFail::Refused(ProxyError::new(
                     ErrorKind::BodyRead,
                     format!("malformed chunked request body: {e}"),
                 )));
@@ -337,7 +428,7 @@ struct Exchange {
 
 /// Writes `resp` as its frames come; whether the connection can carry another request.
 async fn write_answer<B: Body<Data = Bytes>>(
-    stream: &mut TcpStream,
+    client: &mut Client,
     buf: &mut BytesMut,
     out: &mut Vec<u8>,
     resp: Response<B>,
@@ -362,14 +453,14 @@ async fn write_answer<B: Body<Data = Bytes>>(
     );
     let again = ex.keep_alive && framing != AnswerFraming::Close;
     if framing == AnswerFraming::Bodiless {
-        stream.write_all(out).await?;
+        client.write_all(&mut [out]).await?;
         return Ok(again);
     }
     let chunked = framing == AnswerFraming::Chunked;
     // The head goes out with the first frame, then is empty.
     let mut head: &[u8] = out;
     loop {
-        let frame = match until_client_leaves(stream, buf, body.frame()).await {
+        let frame = match until_client_leaves(&mut client.stream, buf, body.frame()).await {
             // The client left: dropping the body cancels the upstream request.
             None => return Ok(false),
             Some(None) => break,
@@ -388,9 +479,9 @@ async fn write_answer<B: Body<Data = Bytes>>(
         if chunked {
             let mut size = [0u8; 18];
             let size = chunk_size_line(&mut size, data.len());
-            write_all(stream, &mut [head, size, &data, b"\r\n"]).await?;
+            client.write_all(&mut [head, size, &data, b"\r\n"]).await?;
         } else {
-            write_all(stream, &mut [head, &data]).await?;
+            client.write_all(&mut [head, &data]).await?;
         }
         head = &[];
         if body.is_end_stream() {
@@ -398,7 +489,7 @@ async fn write_answer<B: Body<Data = Bytes>>(
         }
     }
     let last: &[u8] = if chunked { b"0\r\n\r\n" } else { &[] };
-    write_all(stream, &mut [head, last]).await?;
+    client.write_all(&mut [head, last]).await?;
     Ok(again)
 }
 
@@ -412,27 +503,8 @@ fn chunk_size_line(dst: &mut [u8; 18], n: usize) -> &[u8] {
     &dst[..written]
 }
 
-/// Writes every byte of `parts`, in as few `writev`s as the socket takes.
-async fn write_all(stream: &mut TcpStream, parts: &mut [&[u8]]) -> io::Result<()> {
-    let mut slices: [IoSlice<'_>; 4] = [IoSlice::new(&[]); 4];
-    let mut count = 0;
-    for p in parts.iter().filter(|p| !p.is_empty()) {
-        slices[count] = IoSlice::new(p);
-        count += 1;
-    }
-    let mut slices = &mut slices[..count];
-    while !slices.is_empty() {
-        let n = stream.write_vectored(slices).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut slices, n);
-    }
-    Ok(())
-}
-
 /// An error answer made here (the head or the body could not be read), then the close.
-async fn refuse(stream: &mut TcpStream, out: &mut Vec<u8>, e: ProxyError) -> io::Result<()> {
+async fn refuse(client: &mut Client, out: &mut Vec<u8>, e: ProxyError) -> io::Result<()> {
     let resp = e.to_response();
     let (parts, body) = resp.into_parts();
     head::encode_answer(
@@ -444,8 +516,8 @@ async fn refuse(stream: &mut TcpStream, out: &mut Vec<u8>, e: ProxyError) -> io:
         Version::HTTP_11,
         &date(),
     );
-    write_all(stream, &mut [out, &body]).await?;
-    linger(stream).await;
+    client.write_all(&mut [out, &body]).await?;
+    linger(&mut client.stream).await;
     Ok(())
 }
 

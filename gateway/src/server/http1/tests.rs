@@ -17,6 +17,8 @@ type Answer = Pin<Box<dyn Future<Output = Response<TestBody>> + Send>>;
 const LIMITS: Limits = Limits {
     max_body: 1024,
     header_read: Duration::from_secs(5),
+    body_read: Duration::from_secs(5),
+    send: Duration::from_secs(5),
 };
 
 /// What the service saw of each request: method, target, body.
@@ -361,6 +363,56 @@ async fn a_head_not_finished_within_the_timeout_closes_the_connection() {
     assert!(closed(&mut client).await);
     let (task, _) = s.conn.await.expect("conn");
     task.await.expect("join").expect("ok");
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_gets_a_408_and_the_close() {
+    let limits = Limits {
+        body_read: Duration::from_millis(300),
+        ..LIMITS
+    };
+    for wire in [
+        &b"POST /slow HTTP/1.1\r\ncontent-length: 10\r\n\r\nabc"[..],
+        b"POST /slow HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab",
+    ] {
+        let mut s = server(limits).await;
+        let sent = std::time::Instant::now();
+        let mut client = send(&s, wire).await;
+        let got = text(&read_until(&mut client, |b| text(b).contains("}}")).await);
+        assert!(sent.elapsed() >= Duration::from_millis(300), "not early");
+        assert!(got.starts_with("HTTP/1.1 408 Request Timeout"), "{got}");
+        assert!(got.contains("\"code\":\"request_timeout\""), "{got}");
+        assert!(got.contains("connection: close"), "{got}");
+        assert!(closed(&mut client).await);
+        assert!(s.seen.try_recv().is_err(), "the service never saw it");
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_its_stream_is_cut_after_the_send_timeout() {
+    let limits = Limits {
+        send: Duration::from_millis(300),
+        ..LIMITS
+    };
+    let s = server(limits).await;
+    // The client asks for a stream and then reads nothing; the answer outgrows what the
+    // sockets' buffers hold.
+    let _client = send(&s, b"POST /stream HTTP/1.1\r\ncontent-length: 0\r\n\r\n").await;
+    let frame = Bytes::from(vec![b'x'; 1 << 20]);
+    for _ in 0..64 {
+        s.frames
+            .send(frame.clone())
+            .expect("the answer is still wanted");
+    }
+    let (task, _) = s.conn.await.expect("conn");
+    let ended = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the connection ends")
+        .expect("join");
+    let e = ended.expect_err("cut, not finished");
+    assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+    // The answer's body was dropped with the connection: upstream, that cancels the request.
+    assert!(s.frames.send(Bytes::from("more")).is_err());
 }
 
 #[test]
