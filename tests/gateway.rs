@@ -542,7 +542,6 @@ async fn a_503_is_retried_on_another_endpoint_then_passed_on() {
 /// stalls gets a 408 after `body_read_timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_upstream_is_a_504_and_a_stalled_client_is_cut() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let a = upstream::start().await;
     let b = upstream::start().await;
     let cfg = write_config_with_limits(
@@ -555,17 +554,12 @@ async fn a_silent_upstream_is_a_504_and_a_stalled_client_is_cut() {
     let api = format!("{}/v1/chat/completions", gw.url("gateway"));
 
     // A head, part of its body, then silence: 408, then the close.
-    let mut conn = tokio::net::TcpStream::connect(gw.addr("gateway"))
-        .await
-        .expect("connect");
-    conn.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"model\":")
-        .await
-        .expect("write");
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut buf))
-        .await
-        .expect("the gateway answered the stalled body")
-        .expect("a clean close");
+    let buf = send_then_read_to_close(
+        gw.addr("gateway"),
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"model\":",
+    )
+    .await
+    .expect("a clean close");
     let text = String::from_utf8_lossy(&buf);
     assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
     assert!(text.contains("\"code\":\"request_timeout\""), "{text}");
@@ -598,21 +592,33 @@ async fn a_silent_upstream_is_a_504_and_a_stalled_client_is_cut() {
     assert_eq!(ok.status, 200, "{}", ok.text());
 
     // Half a request head, then silence: the gateway closes the connection.
-    let mut conn = tokio::net::TcpStream::connect(gw.addr("gateway"))
-        .await
-        .expect("connect");
-    conn.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\n")
-        .await
-        .expect("write");
-    let mut buf = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut buf))
-        .await
-        .expect("the gateway closed the stalled connection");
-    // Closed, with nothing or a 408-style error before the close; never a proxied answer.
-    if let Ok(n) = read {
-        let text = String::from_utf8_lossy(&buf[..n]);
+    let read = send_then_read_to_close(
+        gw.addr("gateway"),
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\n",
+    )
+    .await;
+    // Closed, with nothing or an error before the close (a reset is a close too); never a
+    // proxied answer.
+    if let Ok(buf) = read {
+        let text = String::from_utf8_lossy(&buf);
         assert!(!text.contains("200 OK"), "{text}");
     }
+}
+
+/// Sends `wire` on a new connection to `addr`, then reads what comes until the gateway closes
+/// the connection; fails the test if it has not closed within 10 s.
+async fn send_then_read_to_close(
+    addr: std::net::SocketAddr,
+    wire: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    conn.write_all(wire).await.expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut buf))
+        .await
+        .expect("the gateway closed the stalled connection")?;
+    Ok(buf)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,7 +60,8 @@ pub struct LimitsConfig {
     pub body_read_timeout: Duration,
     /// Longest an answer may wait for the client to take its next bytes (HTTP/1: a write that
     /// makes no progress for this long closes the connection and cancels the upstream request).
-    /// A client that stops reading a stream would otherwise hold its pod's slot for ever.
+    /// A client that stops reading a stream would otherwise hold its pod's slot for ever. (HTTP/2
+    /// has no such bound yet: its flow control holds such a stream until the client leaves.)
     #[serde(with = "crate::duration")]
     pub send_timeout: Duration,
     /// Time the upstream has to send the response's first byte (504 past it). Generous, because a
