@@ -568,6 +568,13 @@ async fn a_silent_upstream_is_a_504_and_a_stalled_client_is_cut() {
         0,
         "nothing went upstream"
     );
+    metrics_until(&gw, "the 408 counted, under no pool and no model", |p| {
+        sample(
+            p,
+            r#"infergate_requests_total{pool="none",model="none",status="408"}"#,
+        ) == Some(1.0)
+    })
+    .await;
 
     let sent = Instant::now();
     let r = post(&api, CHAT, &[("x-test", "hang")]).await;

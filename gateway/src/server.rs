@@ -494,8 +494,12 @@ async fn serve_data(listener: TcpListener, shared: DataShared) {
                 .unwrap_or(Ok(Protocol::Gone));
             let ended = match protocol {
                 Ok(Protocol::Http1) => {
+                    let refused = {
+                        let worker = worker.clone();
+                        move |status| worker.proxy.count_refused(status)
+                    };
                     let service = move |req: Request<Full<Bytes>>| worker.clone().answer(req);
-                    let conn = http1::Connection::new(stream, service, h1_limits, timer);
+                    let conn = http1::Connection::new(stream, service, refused, h1_limits, timer);
                     graceful.watch(conn).await.map_err(|e| e.to_string())
                 }
                 Ok(Protocol::Http2) => {

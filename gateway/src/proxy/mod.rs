@@ -147,6 +147,13 @@ impl Proxy {
         &self.pools
     }
 
+    /// Counts an answer the connection itself gave, before any request reached [`Proxy::handle`]
+    /// (a malformed or oversized head, a broken or stalled body): like every answer made before
+    /// a model is known, under the pool and model `none`, so that such traffic is seen.
+    pub fn count_refused(&self, status: StatusCode) {
+        self.unrouted.answered(status.as_u16());
+    }
+
     /// Serves one request to its one answer, upstream through `upstreams`. A data-plane worker
     /// passes its own, so the request's upstream connection is driven by the same thread as its
     /// client connection (no cross-thread wake-ups per body chunk).

@@ -30,7 +30,7 @@
 mod head;
 
 use bytes::{Bytes, BytesMut};
-use http::{Request, Response, Version};
+use http::{Request, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use std::future::Future;
@@ -143,10 +143,13 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// `service` answers one request whose body has been read whole.
-    pub fn new<S, F, B>(
+    /// `service` answers one request whose body has been read whole; `refused` is told the
+    /// status of each answer the connection gives itself (a head or a body it could not take),
+    /// which `service` never sees.
+    pub fn new<S, F, B, R>(
         stream: TcpStream,
         service: S,
+        refused: R,
         limits: Limits,
         timer: CoarseTimer,
     ) -> Connection
@@ -154,9 +157,15 @@ impl Connection {
         S: Fn(Request<Full<Bytes>>) -> F + Send + 'static,
         F: Future<Output = Response<B>> + Send + 'static,
         B: Body<Data = Bytes> + Send + 'static,
+        R: Fn(StatusCode) + Send + 'static,
     {
         let closing = Arc::new(AtomicBool::new(false));
-        let run = Box::pin(serve(stream, service, limits, timer, closing.clone()));
+        let client = Client {
+            stream,
+            timer,
+            limits,
+        };
+        let run = Box::pin(serve(client, service, refused, closing.clone()));
         Connection { closing, run }
     }
 
@@ -173,24 +182,20 @@ impl Future for Connection {
     }
 }
 
-/// Serves requests on `stream` until the client closes, an error, or the drain.
-async fn serve<S, F, B>(
-    stream: TcpStream,
+/// Serves requests on `client` until it closes, an error, or the drain.
+async fn serve<S, F, B, R>(
+    mut client: Client,
     service: S,
-    limits: Limits,
-    timer: CoarseTimer,
+    refused: R,
     closing: Arc<AtomicBool>,
 ) -> io::Result<()>
 where
     S: Fn(Request<Full<Bytes>>) -> F,
     F: Future<Output = Response<B>>,
     B: Body<Data = Bytes>,
+    R: Fn(StatusCode),
 {
-    let mut client = Client {
-        stream,
-        timer,
-        limits,
-    };
+    let limits = client.limits;
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     let mut out = Vec::with_capacity(512);
     loop {
@@ -207,6 +212,7 @@ where
             Ok(Ok(None)) | Err(_) => return Ok(()),
             Ok(Err(HeadRead::Refused(e))) => {
                 let e = ProxyError::new(e.kind(), e.to_string());
+                refused(e.status());
                 return refuse(&mut client, &mut out, e).await;
             }
             Ok(Err(HeadRead::Io(e))) => return Err(e),
@@ -230,7 +236,10 @@ where
             framing => match read_body(&mut client, &mut buf, framing, expect_continue).await {
                 Ok(body) => body,
                 Err(BodyFail::Closed) => return Ok(()),
-                Err(BodyFail::Refused(e)) => return refuse(&mut client, &mut out, e).await,
+                Err(BodyFail::Refused(e)) => {
+                    refused(e.status());
+                    return refuse(&mut client, &mut out, e).await;
+                }
                 Err(BodyFail::Io(e)) => return Err(e),
             },
         };

@@ -68,6 +68,8 @@ struct Server {
     frames: mpsc::UnboundedSender<Bytes>,
     /// The connection task of the first connection accepted, and the drain watching it.
     conn: tokio::sync::oneshot::Receiver<(JoinHandle<io::Result<()>>, Drain)>,
+    /// The statuses of the answers the connection gave itself.
+    refused: Arc<parking_lot::Mutex<Vec<u16>>>,
 }
 
 async fn server(limits: Limits) -> Server {
@@ -79,9 +81,15 @@ async fn server(limits: Limits) -> Server {
     let (conn_tx, conn) = tokio::sync::oneshot::channel();
     let timer = CoarseTimer::new();
     tokio::spawn(timer.clone().tick());
+    let refused = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let count = {
+        let refused = refused.clone();
+        move |status: http::StatusCode| refused.lock().push(status.as_u16())
+    };
     tokio::spawn(async move {
         let (stream, _) = listener.accept().await.expect("accept");
-        let connection = Connection::new(stream, echo_service(seen_tx, stream_slot), limits, timer);
+        let service = echo_service(seen_tx, stream_slot);
+        let connection = Connection::new(stream, service, count, limits, timer);
         let drain = Drain::new();
         let _ = conn_tx.send((tokio::spawn(drain.watch(connection)), drain));
     });
@@ -90,6 +98,7 @@ async fn server(limits: Limits) -> Server {
         seen,
         frames,
         conn,
+        refused,
     }
 }
 
@@ -205,6 +214,11 @@ async fn a_chunked_body_is_read_whole_and_one_over_the_limit_is_refused() {
     assert!(got.contains("\"code\":\"request_too_large\""), "{got}");
     assert!(got.contains("connection: close"), "{got}");
     assert!(closed(&mut client).await);
+    assert_eq!(
+        *s.refused.lock(),
+        [413],
+        "counted as the connection's own answer"
+    );
 }
 
 #[tokio::test]
@@ -231,6 +245,10 @@ async fn a_body_over_the_limit_by_its_length_is_not_read_and_the_connection_clos
     );
     assert!(got.ends_with("{\"n\":0}"), "{got}");
     assert!(got.contains("connection: close"), "{got}");
+    assert!(
+        s.refused.lock().is_empty(),
+        "the service's answer, not the connection's"
+    );
     writer
         .await
         .expect("join")
@@ -252,6 +270,7 @@ async fn malformed_or_ambiguous_heads_get_an_openai_error_and_the_close() {
         assert!(got.starts_with(&format!("HTTP/1.1 {status}")), "{got}");
         assert!(got.contains("\"type\":\"invalid_request_error\""), "{got}");
         assert!(closed(&mut client).await);
+        assert_eq!(*s.refused.lock(), [400]);
     }
 }
 
@@ -385,6 +404,7 @@ async fn a_body_that_stalls_gets_a_408_and_the_close() {
         assert!(got.contains("connection: close"), "{got}");
         assert!(closed(&mut client).await);
         assert!(s.seen.try_recv().is_err(), "the service never saw it");
+        assert_eq!(*s.refused.lock(), [408]);
     }
 }
 
