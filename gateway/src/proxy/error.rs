@@ -98,6 +98,14 @@ impl ProxyError {
         }
     }
 
+    /// The request body is over `max` bytes (`limits.max_body_bytes`).
+    pub fn body_too_large(max: usize) -> Self {
+        ProxyError::new(
+            ErrorKind::BodyTooLarge,
+            format!("the request body is larger than {max} bytes"),
+        )
+    }
+
     /// The client sent no byte of its request body for `within` (`limits.body_read_timeout`).
     pub fn body_stalled(within: Duration) -> Self {
         ProxyError::new(

@@ -426,12 +426,6 @@ where
     B::Error: std::fmt::Display,
 {
     let max = limits.max_body_bytes;
-    let too_large = || {
-        ProxyError::new(
-            ErrorKind::BodyTooLarge,
-            format!("the request body is larger than {max} bytes"),
-        )
-    };
     if let Some(len) = parts
         .headers
         .get(header::CONTENT_LENGTH)
@@ -439,7 +433,7 @@ where
         .and_then(|v| v.parse::<u64>().ok())
         && len > max as u64
     {
-        return Err(too_large());
+        return Err(ProxyError::body_too_large(max));
     }
     let mut first = Bytes::new();
     let mut joined: Option<BytesMut> = None;
@@ -460,7 +454,7 @@ where
         };
         len += data.len();
         if len > max {
-            return Err(too_large());
+            return Err(ProxyError::body_too_large(max));
         }
         match &mut joined {
             Some(j) => j.extend_from_slice(&data),

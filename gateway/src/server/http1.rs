@@ -387,10 +387,7 @@ async fn read_chunked(client: &mut Client, buf: &mut BytesMut) -> Result<Bytes, 
         match decoder.decode(buf) {
             Ok(Step::Data(data)) => {
                 if body.len() + data.len() > max {
-                    return Err(BodyFail::Refused(ProxyError::new(
-                        ErrorKind::BodyTooLarge,
-                        format!("the request body is larger than {max} bytes"),
-                    )));
+                    return Err(BodyFail::Refused(ProxyError::body_too_large(max)));
                 }
                 body.extend_from_slice(&data);
             }
