@@ -46,7 +46,7 @@ use tokio::net::TcpStream;
 use crate::chunked::{ChunkedDecoder, Step};
 use crate::coarse_timer::{CoarseTimer, Elapsed};
 use crate::proxy::{ErrorKind, ProxyError};
-use head::{AnswerFraming, BodyFraming, HeadError, RequestHead};
+use head::{AnswerFraming, BodyFraming, RequestHead};
 
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 16 * 1024;
@@ -84,13 +84,13 @@ struct Client {
 
 impl Client {
     /// More bytes of a request body into `buf`: the client has `limits.body_read` to send them.
-    async fn read_body_bytes(&mut self, buf: &mut BytesMut) -> Result<(), BodyFail> {
+    async fn read_body_bytes(&mut self, buf: &mut BytesMut) -> Result<(), Unserved> {
         let more = read_some(&mut self.stream, buf);
         match self.timer.timeout(self.limits.body_read, more).await {
-            Ok(Ok(0)) => Err(BodyFail::Closed),
+            Ok(Ok(0)) => Err(Unserved::Closed),
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(BodyFail::Io(e)),
-            Err(Elapsed) => Err(BodyFail::Refused(ProxyError::body_stalled(
+            Ok(Err(e)) => Err(Unserved::Io(e)),
+            Err(Elapsed) => Err(Unserved::Refused(ProxyError::body_stalled(
                 self.limits.body_read,
             ))),
         }
@@ -199,33 +199,26 @@ where
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     let mut out = Vec::with_capacity(512);
     loop {
-        let head = match client
+        let head = client
             .timer
             .timeout(
                 limits.header_read,
                 read_head(&mut client.stream, &mut buf, &closing),
             )
             .await
-        {
-            Ok(Ok(Some(head))) => head,
-            // The client closed between requests, the drain, or the timeout: nothing to answer.
-            Ok(Ok(None)) | Err(_) => return Ok(()),
-            Ok(Err(HeadRead::Refused(e))) => {
-                let e = ProxyError::new(e.kind(), e.to_string());
-                refused(e.status());
-                return refuse(&mut client, &mut out, e).await;
-            }
-            Ok(Err(HeadRead::Io(e))) => return Err(e),
-        };
+            // The header-read timeout (the idle time between requests included): no answer.
+            .unwrap_or(Err(Unserved::Closed));
         let RequestHead {
             parts,
             framing,
-            keep_alive,
+            mut keep_alive,
             expect_continue,
-        } = head;
+        } = match head {
+            Ok(head) => head,
+            Err(why) => return give_up(&mut client, &mut out, refused, why).await,
+        };
         // The body, whole. One that is over the limit by its Content-Length is not read: the
         // service refuses it by that header (413), and the connection closes after the answer.
-        let mut keep_alive = keep_alive;
         let mut unread = false;
         let body = match framing {
             BodyFraming::Length(n) if n > limits.max_body as u64 => {
@@ -235,15 +228,10 @@ where
             }
             framing => match read_body(&mut client, &mut buf, framing, expect_continue).await {
                 Ok(body) => body,
-                Err(BodyFail::Closed) => return Ok(()),
-                Err(BodyFail::Refused(e)) => {
-                    refused(e.status());
-                    return refuse(&mut client, &mut out, e).await;
-                }
-                Err(BodyFail::Io(e)) => return Err(e),
+                Err(why) => return give_up(&mut client, &mut out, refused, why).await,
             },
         };
-        let ex = Exchange {
+        let mut ex = Exchange {
             head_request: parts.method == http::Method::HEAD,
             version: parts.version,
             keep_alive,
@@ -254,10 +242,7 @@ where
         else {
             return Ok(());
         };
-        let ex = Exchange {
-            keep_alive: ex.keep_alive && !closing.load(Ordering::SeqCst),
-            ..ex
-        };
+        ex.keep_alive &= !closing.load(Ordering::SeqCst);
         let again = write_answer(&mut client, &mut buf, &mut out, resp, ex).await?;
         if unread {
             linger(&mut client.stream).await;
@@ -269,19 +254,38 @@ where
     }
 }
 
-/// Why a request body was not read whole.
-enum BodyFail {
-    /// The client closed first: there is no one to answer.
+/// Why a request was not read whole (its head or its body), so the connection ends.
+enum Unserved {
+    /// The client closed (or, between requests, the drain started or the header-read timeout
+    /// passed): there is no one to answer.
     Closed,
-    /// Answered with this error (a broken chunked coding, over the limit, stalled), then the
-    /// close.
+    /// Answered with this error (a malformed or oversized head; a broken, oversized or stalled
+    /// body), then the close.
     Refused(ProxyError),
     Io(io::Error),
 }
 
-impl From<io::Error> for BodyFail {
+impl From<io::Error> for Unserved {
     fn from(e: io::Error) -> Self {
-        BodyFail::Io(e)
+        Unserved::Io(e)
+    }
+}
+
+/// Ends a connection whose request could not be read: its own answer (counted through
+/// `refused`, since the service never sees it) if there is one to give.
+async fn give_up(
+    client: &mut Client,
+    out: &mut Vec<u8>,
+    refused: impl Fn(StatusCode),
+    why: Unserved,
+) -> io::Result<()> {
+    match why {
+        Unserved::Closed => Ok(()),
+        Unserved::Io(e) => Err(e),
+        Unserved::Refused(e) => {
+            refused(e.status());
+            refuse(client, out, e).await
+        }
     }
 }
 
@@ -291,7 +295,7 @@ async fn read_body(
     buf: &mut BytesMut,
     framing: BodyFraming,
     expect_continue: bool,
-) -> Result<Bytes, BodyFail> {
+) -> Result<Bytes, Unserved> {
     match framing {
         BodyFraming::Empty => Ok(Bytes::new()),
         BodyFraming::Length(n) => {
@@ -305,34 +309,30 @@ async fn read_body(
     }
 }
 
-/// Why no request head came.
-enum HeadRead {
-    Refused(HeadError),
-    Io(io::Error),
-}
-
-/// Reads until a whole request head is in `buf`. `None` if the connection closed (or the drain
-/// started) before the first byte of one.
+/// Reads until a whole request head is in `buf`; `Closed` if the connection closed (or the
+/// drain started) before the first byte of one.
 async fn read_head(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     closing: &AtomicBool,
-) -> Result<Option<RequestHead>, HeadRead> {
+) -> Result<RequestHead, Unserved> {
     loop {
-        if !buf.is_empty()
-            && let Some(head) = head::parse_request(buf).map_err(HeadRead::Refused)?
-        {
-            return Ok(Some(head));
+        if !buf.is_empty() {
+            let parsed = head::parse_request(buf)
+                .map_err(|e| Unserved::Refused(ProxyError::new(e.kind(), e.to_string())))?;
+            if let Some(head) = parsed {
+                return Ok(head);
+            }
         }
         let idle = buf.is_empty();
         let read = tokio::select! {
             biased;
-            () = drain_started(closing), if idle => return Ok(None),
-            read = read_some(stream, buf) => read.map_err(HeadRead::Io)?,
+            () = drain_started(closing), if idle => return Err(Unserved::Closed),
+            read = read_some(stream, buf) => read?,
         };
         if read == 0 {
             // Part of a head and then the close: nothing can be answered.
-            return Ok(None);
+            return Err(Unserved::Closed);
         }
     }
 }
@@ -367,7 +367,7 @@ async fn go_ahead(client: &mut Client, buf: &BytesMut, asked: bool) -> io::Resul
 }
 
 /// The next `n` bytes.
-async fn read_exact(client: &mut Client, buf: &mut BytesMut, n: usize) -> Result<Bytes, BodyFail> {
+async fn read_exact(client: &mut Client, buf: &mut BytesMut, n: usize) -> Result<Bytes, Unserved> {
     if buf.len() < n {
         buf.reserve(n - buf.len());
     }
@@ -379,7 +379,7 @@ async fn read_exact(client: &mut Client, buf: &mut BytesMut, n: usize) -> Result
 
 /// A chunked body, decoded whole; refused if its coding is broken (400) or it is over
 /// `limits.max_body` (413).
-async fn read_chunked(client: &mut Client, buf: &mut BytesMut) -> Result<Bytes, BodyFail> {
+async fn read_chunked(client: &mut Client, buf: &mut BytesMut) -> Result<Bytes, Unserved> {
     let max = client.limits.max_body;
     let mut decoder = ChunkedDecoder::new();
     let mut body = BytesMut::new();
@@ -387,14 +387,14 @@ async fn read_chunked(client: &mut Client, buf: &mut BytesMut) -> Result<Bytes, 
         match decoder.decode(buf) {
             Ok(Step::Data(data)) => {
                 if body.len() + data.len() > max {
-                    return Err(BodyFail::Refused(ProxyError::body_too_large(max)));
+                    return Err(Unserved::Refused(ProxyError::body_too_large(max)));
                 }
                 body.extend_from_slice(&data);
             }
             Ok(Step::End) => return Ok(body.freeze()),
             Ok(Step::NeedMore) => client.read_body_bytes(buf).await?,
             Err(e) => {
-                return Err(BodyFail::Refused(ProxyError::new(
+                return Err(Unserved::Refused(ProxyError::new(
                     ErrorKind::BodyRead,
                     format!("malformed chunked request body: {e}"),
                 )));
