@@ -62,14 +62,18 @@ impl CoarseTimer {
         }
     }
 
-    /// `fut`, or `Err(Elapsed)` if it has not completed `after` from now (up to one
-    /// [`RESOLUTION`] later). A named future rather than an `async fn`: `fut` is stored once, in
-    /// place (an `async fn` kept the argument and its pinned copy, and copied the one into the
-    /// other on the first poll).
-    pub fn timeout<F: Future>(&self, after: Duration, fut: F) -> Timeout<F> {
+    /// `fut`, or `Err(Elapsed)` if it has not completed `after` from the first time it had to
+    /// wait (up to one [`RESOLUTION`] later). A future that is ready when first polled (a body
+    /// frame already read, a socket with bytes waiting) reads no clock and takes no slot, so a
+    /// caller need not test for that case itself. A named future rather than an `async fn`:
+    /// `fut` is stored once, in place (an `async fn` kept the argument and its pinned copy, and
+    /// copied the one into the other on the first poll).
+    pub fn timeout<F: Future>(&self, after: Duration, fut: F) -> Timeout<'_, F> {
         Timeout {
             fut,
-            sleep: self.sleep_until(Instant::now() + after),
+            timer: self,
+            after,
+            sleep: None,
         }
     }
 
@@ -120,14 +124,17 @@ impl CoarseTimer {
 pin_project_lite::pin_project! {
     /// [`CoarseTimer::timeout`]'s future.
     #[derive(Debug)]
-    pub struct Timeout<F> {
+    pub struct Timeout<'a, F> {
         #[pin]
         fut: F,
-        sleep: CoarseSleep,
+        timer: &'a CoarseTimer,
+        after: Duration,
+        // The deadline, from the first poll on which `fut` was not ready.
+        sleep: Option<CoarseSleep>,
     }
 }
 
-impl<F: Future> Future for Timeout<F> {
+impl<F: Future> Future for Timeout<'_, F> {
     type Output = Result<F::Output, Elapsed>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -135,7 +142,11 @@ impl<F: Future> Future for Timeout<F> {
         if let Poll::Ready(out) = this.fut.poll(cx) {
             return Poll::Ready(Ok(out));
         }
-        Pin::new(this.sleep).poll(cx).map(|()| Err(Elapsed))
+        let (timer, after) = (*this.timer, *this.after);
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| timer.sleep_until(Instant::now() + after));
+        Pin::new(sleep).poll(cx).map(|()| Err(Elapsed))
     }
 }
 
@@ -368,6 +379,21 @@ mod tests {
             .await;
         assert_eq!(stuck, Err(Elapsed));
         assert_eq!(timer.pending(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_timeouts_clock_starts_at_its_first_wait_not_at_its_making() {
+        let timer = CoarseTimer::new();
+        tokio::spawn(timer.clone().tick());
+        let made = timer.timeout(
+            Duration::from_millis(300),
+            // Ready 100 ms after its first poll.
+            async { tokio::time::sleep(Duration::from_millis(100)).await },
+        );
+        // Longer than the bound passes before the timeout is first polled: a clock started at
+        // its making would have run out by the first tick after the wait began.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(made.await, Ok(()));
     }
 
     #[tokio::test]

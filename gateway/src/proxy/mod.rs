@@ -29,10 +29,7 @@ use http::request::Parts;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use infergate_config::{Config, LimitsConfig, PrefixConfig, RetryConfig};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use crate::coarse_timer::CoarseTimer;
@@ -439,7 +436,9 @@ where
     let mut joined: Option<BytesMut> = None;
     let mut len = 0;
     while !body.is_end_stream() {
-        let Some(frame) = next_frame(&mut body, timer, limits.body_read_timeout).await? else {
+        let within = limits.body_read_timeout;
+        let next = timer.timeout(within, body.frame()).await;
+        let Some(frame) = next.map_err(|_| ProxyError::body_stalled(within))? else {
             break;
         };
         let frame = frame.map_err(|e| {
@@ -468,33 +467,6 @@ where
         }
     }
     Ok(joined.map_or(first, BytesMut::freeze))
-}
-
-/// The body's next frame; the client has `within` to send it. A frame that is already there
-/// (every HTTP/1 body, read whole before) arms no deadline.
-async fn next_frame<B>(
-    body: &mut B,
-    timer: &CoarseTimer,
-    within: Duration,
-) -> Result<Option<Result<http_body::Frame<Bytes>, B::Error>>, ProxyError>
-where
-    B: http_body::Body<Data = Bytes> + Unpin,
-{
-    let mut frame = body.frame();
-    let first = std::future::poll_fn(|cx| {
-        Poll::Ready(match Pin::new(&mut frame).poll(cx) {
-            Poll::Ready(out) => Some(out),
-            Poll::Pending => None,
-        })
-    })
-    .await;
-    if let Some(out) = first {
-        return Ok(out);
-    }
-    timer
-        .timeout(within, frame)
-        .await
-        .map_err(|_| ProxyError::body_stalled(within))
 }
 
 fn shed_error(shed: Shed, urgency: Urgency) -> ProxyError {
