@@ -25,5 +25,7 @@ pub mod proxy;
 pub mod scrape;
 pub mod server;
 pub mod telemetry;
+#[cfg(test)]
+mod test_body;
 
 pub use server::{Gateway, GatewayError, GatewayHandle, GatewayOptions};

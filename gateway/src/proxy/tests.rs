@@ -134,16 +134,6 @@ fn shed_answers() {
     assert!(shed_error(Shed::Timeout, std).retry_after.is_some());
 }
 
-/// A body whose frames are what `rx` sends, when it sends them.
-fn trickled(
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<Bytes>,
-) -> impl http_body::Body<Data = Bytes, Error = std::convert::Infallible> + Unpin {
-    http_body_util::StreamBody::new(futures_util::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx)
-            .map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
-    }))
-}
-
 #[tokio::test]
 async fn a_body_that_stalls_between_frames_is_a_408_and_one_that_flows_is_read() {
     let timer = CoarseTimer::new();
@@ -162,7 +152,7 @@ async fn a_body_that_stalls_between_frames_is_a_408_and_one_that_flows_is_read()
             tx.send(Bytes::from(part)).expect("send");
         }
     });
-    let body = read_body(&parts, trickled(rx), &limits, &timer)
+    let body = read_body(&parts, crate::test_body::from_channel(rx), &limits, &timer)
         .await
         .expect("a flowing body is read");
     assert_eq!(body, Bytes::from("{\"model\":\"base\"}"));
@@ -172,7 +162,7 @@ async fn a_body_that_stalls_between_frames_is_a_408_and_one_that_flows_is_read()
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tx.send(Bytes::from("{\"model\":")).expect("send");
     let started = Instant::now();
-    let e = read_body(&parts, trickled(rx), &limits, &timer)
+    let e = read_body(&parts, crate::test_body::from_channel(rx), &limits, &timer)
         .await
         .expect_err("a stalled body is refused");
     assert!(started.elapsed() >= Duration::from_millis(300));

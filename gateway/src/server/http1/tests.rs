@@ -3,7 +3,6 @@
 
 use super::*;
 use crate::server::drain::Drain;
-use http_body_util::StreamBody;
 use http_body_util::combinators::UnsyncBoxBody;
 use std::convert::Infallible;
 use tokio::net::TcpListener;
@@ -43,23 +42,13 @@ fn echo_service(
             ));
             if parts.uri.path() == "/stream" {
                 let rx = stream.lock().take().expect("one stream");
-                let frames = futures_util_stream(rx);
-                return Response::new(BodyExt::boxed_unsync(StreamBody::new(frames)));
+                let body = crate::test_body::from_channel(rx);
+                return Response::new(BodyExt::boxed_unsync(body));
             }
             let json = Bytes::from(format!("{{\"n\":{}}}", body.len()));
             Response::new(BodyExt::boxed_unsync(Full::new(json)))
         })
     }
-}
-
-/// The frames of `rx` as a body's stream of frames.
-fn futures_util_stream(
-    mut rx: mpsc::UnboundedReceiver<Bytes>,
-) -> impl futures_util::Stream<Item = Result<http_body::Frame<Bytes>, Infallible>> + Send {
-    futures_util::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx)
-            .map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
-    })
 }
 
 struct Server {
